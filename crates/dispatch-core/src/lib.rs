@@ -1,0 +1,21 @@
+//! Posternity Dispatch's pure domain: everything that decides, nothing that does I/O.
+//!
+//! # Layout
+//! - [`catalog`]: the event types (the public contract), their families, topics and payloads.
+//! - [`render`]: an `Event` → the JSON body a receiver gets; event validation.
+//! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
+//! - [`matching`]: which subscriptions want an event, through an index.
+//! - [`retry`]: the retry schedule: after a failed attempt, retry now, on a tier later, or give up.
+//! - [`outcome`]: an HTTP attempt's result → a classified outcome; `Retry-After` parsing.
+//! - [`ids`]: event and delivery identifiers.
+//!
+//! Time is passed in (`now`), never read from a clock here, so every decision is testable.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod ids;
+pub mod matching;
+pub mod outcome;
+pub mod render;
+pub mod retry;
+pub mod signing;
