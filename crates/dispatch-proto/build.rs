@@ -22,10 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("descriptors.bin"), &descriptor_bytes)?;
 
     prost_build::Config::new()
-        // Well-known types come from pbjson-types, which carry proto3 JSON impls
-        // (Timestamp as RFC 3339 and so on).
+        // The one well-known type we use is our own: pbjson-types' Timestamp writes `+00:00`
+        // where the proto3 JSON mapping says `Z` (see src/timestamp.rs).
         .compile_well_known_types()
-        .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
         .compile_fds(descriptors)?;
 
     pbjson_build::Builder::new()

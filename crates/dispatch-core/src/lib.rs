@@ -7,15 +7,19 @@
 //! - [`matching`]: which subscriptions want an event, through an index.
 //! - [`retry`]: the retry schedule: after a failed attempt, retry now, on a tier later, or give up.
 //! - [`outcome`]: an HTTP attempt's result → a classified outcome; `Retry-After` parsing.
-//! - [`ids`]: event and delivery identifiers.
+//! - [`ids`]: event, subscription and delivery identifiers.
+//! - [`event_input`]: an event written as JSON (by a person or a producer's test) → a valid `Event`.
+//! - [`timestamp`]: protobuf `Timestamp` ↔ `SystemTime` ↔ RFC 3339.
 //!
 //! Time is passed in (`now`), never read from a clock here, so every decision is testable.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod event_input;
 pub mod ids;
 pub mod matching;
 pub mod outcome;
 pub mod render;
 pub mod retry;
 pub mod signing;
+pub mod timestamp;

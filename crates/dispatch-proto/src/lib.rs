@@ -25,8 +25,12 @@ pub mod dispatch {
     }
 }
 
-/// The well-known types the records use (`Timestamp`, ...), with proto3 JSON.
-pub use pbjson_types as wkt;
+mod timestamp;
+
+/// The well-known types the records use, with proto3 JSON.
+pub mod wkt {
+    pub use crate::timestamp::Timestamp;
+}
 /// Re-exported so users encode and decode with the same prost version.
 pub use prost;
 
