@@ -56,7 +56,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 fetch() {
   local sum marker tmp old
-  sum=$(cat "$POM" | sha256sum | cut -d' ' -f1)
+  sum=$(sha256sum <"$POM" | cut -d' ' -f1)
   marker=$LIB/.complete
   if [[ -f $marker && $(cat "$marker") == "$sum" ]]; then return 0; fi
   command -v mvn >/dev/null || die "mvn not found (Maven 3 is needed to fetch the Kafka jars)"
@@ -106,7 +106,9 @@ ctrl_port() { echo $((BASE_PORT + 2 * ($1 - 1) + 1)); }
 node_dir() { echo "$RUN_DIR/node-$1"; }
 
 # something accepts TCP connections on 127.0.0.1:$1
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+# (timeout --foreground everywhere: the child stays in our process group, so Ctrl-C reaches
+# it and bash does not mistake an interrupted wait for a handled one)
+port_open() { timeout --foreground 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 # state of the process recorded for node $1: prints running|paused, or fails
 node_state() {
@@ -139,7 +141,7 @@ require_cluster() {
 }
 
 require_node_arg() {
-  [[ $# -ge 1 ]] && is_uint "$1" || die "which node? (a number 1..N)"
+  if [[ $# -lt 1 ]] || ! is_uint "$1"; then die "which node? (a number 1..N)"; fi
   require_cluster
   (( $1 >= 1 && $1 <= NODES )) || die "node $1 does not exist (cluster has $NODES node(s))"
 }
@@ -197,7 +199,7 @@ launch_node() {
   rm -f "$dir/pid"
   # own session (survives the calling shell and its Ctrl-C); the inner bash writes its pid
   # and execs java, so the pid file holds the broker JVM's pid
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086,SC2016
   setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/pid" \
     java $heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
     -Djava.awt.headless=true ${KAFKA_JVM_OPTS:-} \
@@ -207,6 +209,7 @@ launch_node() {
   local i
   for ((i = 0; i < 50; i++)); do [[ -s $dir/pid ]] && break; sleep 0.1; done
   [[ -s $dir/pid ]] || die "node $n: broker process did not start"
+  LAUNCHED+=("$n")
   log "node $n: started pid $(cat "$dir/pid") (broker 127.0.0.1:$(broker_port "$n"), controller 127.0.0.1:$(ctrl_port "$n"))"
 }
 
@@ -237,7 +240,7 @@ wait_ready() {
     missing=""
     for n in $nodes; do port_open "$(broker_port "$n")" || missing+=" $n"; done
     if [[ -z $missing ]]; then
-      out=$(timeout 20 "${TOOL_JAVA[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
+      out=$(timeout --foreground 20 "${TOOL_JAVA[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
               --bootstrap-server "$bs" 2>/dev/null 8>&- 9>&-) || true
       for n in $nodes; do
         # a served broker prints "127.0.0.1:PORT (id: N rack: ... isFenced: false) -> ("
@@ -250,6 +253,15 @@ wait_ready() {
       sleep 0.2
     fi
   done
+}
+
+# nodes launched by this invocation; stopped again if it is interrupted or fails
+LAUNCHED=()
+on_interrupt() {
+  trap - INT TERM HUP
+  log "interrupted"
+  if ((${#LAUNCHED[@]})); then stop_nodes "${LAUNCHED[@]}"; fi
+  exit 130
 }
 
 # SIGTERM the given nodes together, SIGKILL whatever is left after STOP_TIMEOUT seconds
@@ -317,10 +329,15 @@ cmd_start() {
       *) die "start: unknown argument $1" ;;
     esac
   done
-  is_uint "$nodes" && ((nodes >= 1 && nodes <= 5)) || die "--nodes must be 1..5 (1 and 3 are the tested sizes)"
-  is_uint "$BASE_PORT" && ((BASE_PORT > 0 && BASE_PORT + 2 * nodes < 65536)) || die "bad KAFKA_PORT: $BASE_PORT"
+  if ! is_uint "$nodes" || ((nodes < 1 || nodes > 5)); then
+    die "--nodes must be 1..5 (1 and 3 are the tested sizes)"
+  fi
+  if ! is_uint "$BASE_PORT" || ((BASE_PORT < 1 || BASE_PORT + 2 * nodes >= 65536)); then
+    die "bad KAFKA_PORT: $BASE_PORT"
+  fi
 
   lock_run_dir
+  trap on_interrupt INT TERM HUP
   local want_port=$BASE_PORT n alive=() dead=()
   if load_cluster; then
     for ((n = 1; n <= NODES; n++)); do
@@ -373,13 +390,11 @@ CLUSTER_ID=$CLUSTER_ID
 STARTED_VERSION=$KAFKA_VERSION
 EOF
 
-  # interrupted or failed before ready: take down what we started
-  local all=""; for ((n = 1; n <= nodes; n++)); do all+=" $n"; done
-  # shellcheck disable=SC2064
-  trap "log 'interrupted: stopping'; stop_nodes $all; exit 130" INT TERM HUP
-  for ((n = 1; n <= nodes; n++)); do launch_node "$n"; done
-  if ! wait_ready "$all" $(($(date +%s) + READY_TIMEOUT)); then
-    stop_nodes $all
+  # failed before ready: take down what we started (interrupts: on_interrupt)
+  local all=()
+  for ((n = 1; n <= nodes; n++)); do launch_node "$n"; all+=("$n"); done
+  if ! wait_ready "${all[*]}" $(($(date +%s) + READY_TIMEOUT)); then
+    stop_nodes "${all[@]}"
     trap - INT TERM HUP
     die "Kafka did not become ready; stopped it again"
   fi
@@ -467,6 +482,7 @@ cmd_restart() {
   require_node_arg "$@"
   local n=$1
   lock_run_dir
+  trap on_interrupt INT TERM HUP
   [[ -f $(node_dir "$n")/server.properties && -d $(node_dir "$n")/data ]] \
     || die "node $n has no data dir to restart from (run: kafka.sh start)"
   fetch
@@ -476,8 +492,6 @@ cmd_restart() {
     port_open "$p" && die "port $p is in use by another process; cannot restart node $n"
   done
   local t0; t0=$(now)
-  # shellcheck disable=SC2064
-  trap "log 'interrupted: stopping node $n'; stop_nodes $n; exit 130" INT TERM HUP
   launch_node "$n"
   if ! wait_ready "$n" $(($(date +%s) + READY_TIMEOUT)); then
     stop_nodes "$n"
@@ -493,7 +507,7 @@ cmd_probe() {
   first=${bs%%,*}
   port_open "${first##*:}" || return 1
   fetch
-  timeout 20 "${TOOL_JAVA[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
+  timeout --foreground 20 "${TOOL_JAVA[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
     --bootstrap-server "$bs" 2>/dev/null 8>&- 9>&- | grep -qE '\(id: [0-9]+ .*\) -> \($'
 }
 
