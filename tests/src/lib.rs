@@ -1,1 +1,134 @@
-//! End-to-end test support.
+//! Support for tests that run against the real Kafka broker started by `deploy/kafka/kafka.sh`
+//! (`make test` starts one when none is running): where the broker is, unique topic prefixes,
+//! and bounded reads of what landed in a topic.
+//!
+//! No test talks to a mock: if no broker answers, the tests fail and say how to start one.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dispatch_kafka::KafkaConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The broker's bootstrap servers: `KAFKA_BOOTSTRAP` (exported by `deploy/kafka/with-kafka.sh`),
+/// else the local script's default port.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
+}
+
+/// A topic prefix no other test (or earlier run) uses: `t.<name>.<pid>.<counter>.<millis>.`.
+pub fn unique_prefix(name: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!(
+        "t.{name}.{}.{}.{millis}.",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kafka settings for a test: the broker, its own prefix, short timeouts.
+pub fn kafka_config(prefix: &str) -> KafkaConfig {
+    KafkaConfig {
+        bootstrap_servers: bootstrap(),
+        topic_prefix: prefix.to_owned(),
+        request_timeout_ms: 15_000,
+        ..KafkaConfig::default()
+    }
+}
+
+/// A consumer outside any group (partitions are assigned by hand), reading committed data only.
+fn reader(config: &KafkaConfig) -> BaseConsumer {
+    config
+        .client_config()
+        .set("group.id", "dispatch-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot create a consumer for {}: {e}",
+                config.bootstrap_servers
+            )
+        })
+}
+
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no Kafka broker answers at {} ({e}); start one with `make kafka-up`",
+                bootstrap()
+            )
+        });
+    metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0)
+}
+
+/// Every record of `topic` (all partitions, from the beginning), reading until `expected`
+/// records arrived or `timeout` passed — whichever comes first. Callers assert on the count, so
+/// a shortfall fails the test instead of hanging it.
+pub fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer = reader(config);
+    let partitions = partition_count(&consumer, topic);
+    assert!(partitions > 0, "topic {topic} does not exist");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap_or_else(|e| panic!("cannot assign {topic}/{partition}: {e}"));
+    }
+    consumer
+        .assign(&assignment)
+        .unwrap_or_else(|e| panic!("cannot assign {topic}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < expected && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => records.push(message.detach()),
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// The total number of records ever written to `topic` (sum of high watermarks).
+pub fn record_count(config: &KafkaConfig, topic: &str) -> i64 {
+    let consumer = reader(config);
+    let partitions = partition_count(&consumer, topic);
+    (0..partitions)
+        .map(|partition| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(15))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+            high - low
+        })
+        .sum()
+}
+
+/// The payload of a record, which must have one.
+pub fn payload(message: &OwnedMessage) -> &[u8] {
+    message.payload().unwrap_or_else(|| {
+        panic!(
+            "record at {}/{} has no value",
+            message.partition(),
+            message.offset()
+        )
+    })
+}

@@ -393,15 +393,27 @@ mod tests {
 
     #[test]
     fn progress_types_are_exactly_those_named_progress_and_carry_a_sequence() {
-        let progress: Vec<_> = CATALOG.iter().filter(|t| t.progress).map(|t| t.name).collect();
+        let progress: Vec<_> = CATALOG
+            .iter()
+            .filter(|t| t.progress)
+            .map(|t| t.name)
+            .collect();
         assert_eq!(
             progress,
-            ["studio.campaign.progress", "studio.batch.progress", "map.region.progress"]
+            [
+                "studio.campaign.progress",
+                "studio.batch.progress",
+                "map.region.progress"
+            ]
         );
         for event_type in CATALOG.iter().filter(|t| t.progress) {
             let example: serde_json::Value =
                 serde_json::from_str(event_type.example_data).expect("example is JSON");
-            assert!(example["progress"]["sequence"].is_string(), "{}", event_type.name);
+            assert!(
+                example["progress"]["sequence"].is_string(),
+                "{}",
+                event_type.name
+            );
         }
     }
 

@@ -115,8 +115,14 @@ impl EventInput {
             return Err(EventInputError::NotPublishable(self.event_type));
         }
         let occurred_at = match self.occurred_at {
-            Some(text) => dispatch_proto::wkt::Timestamp::parse_rfc3339(&text)
-                .map_err(|source| EventInputError::OccurredAt { value: text, source })?,
+            Some(text) => {
+                dispatch_proto::wkt::Timestamp::parse_rfc3339(&text).map_err(|source| {
+                    EventInputError::OccurredAt {
+                        value: text,
+                        source,
+                    }
+                })?
+            }
             None => timestamp::from_system_time(now),
         };
         let payload = event_type
@@ -166,7 +172,10 @@ mod tests {
         .expect("valid");
         assert_eq!(built.family, Family::Studio);
         assert!(built.event.id.starts_with("evt_"));
-        assert_eq!(built.event.occurred_at.map(|t| t.seconds), Some(1_795_730_400));
+        assert_eq!(
+            built.event.occurred_at.map(|t| t.seconds),
+            Some(1_795_730_400)
+        );
         assert_eq!(built.event.attributes["client_id"], "cli_acme");
         assert_eq!(built.event.region, "eu-west");
     }
@@ -185,20 +194,44 @@ mod tests {
         assert_eq!(built.event.id, "evt_given");
         assert_eq!(
             built.event.occurred_at,
-            Some(dispatch_proto::wkt::Timestamp { seconds: 1_767_323_045, nanos: 500_000_000 })
+            Some(dispatch_proto::wkt::Timestamp {
+                seconds: 1_767_323_045,
+                nanos: 500_000_000
+            })
         );
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"type":"image.exploded","account_id":"a","data":{}}"#, "field `type`"),
-            (r#"{"type":"operation.failed","account_id":"a","data":{"colour":1}}"#, "colour"),
-            (r#"{"type":"operation.failed","account_id":"a","data":{"attempts":"many"}}"#, "field `data`"),
-            (r#"{"type":"operation.failed","account_id":"","data":{}}"#, "field `account_id`"),
-            (r#"{"type":"operation.failed","account_id":"a","occurred_at":"noon","data":{}}"#, "field `occurred_at`"),
-            (r#"{"type":"operation.failed","account_id":"a","id":"evt 1","data":{}}"#, "field `id`"),
-            (r#"{"type":"operation.failed","account":"a","data":{}}"#, "account"),
+            (
+                r#"{"type":"image.exploded","account_id":"a","data":{}}"#,
+                "field `type`",
+            ),
+            (
+                r#"{"type":"operation.failed","account_id":"a","data":{"colour":1}}"#,
+                "colour",
+            ),
+            (
+                r#"{"type":"operation.failed","account_id":"a","data":{"attempts":"many"}}"#,
+                "field `data`",
+            ),
+            (
+                r#"{"type":"operation.failed","account_id":"","data":{}}"#,
+                "field `account_id`",
+            ),
+            (
+                r#"{"type":"operation.failed","account_id":"a","occurred_at":"noon","data":{}}"#,
+                "field `occurred_at`",
+            ),
+            (
+                r#"{"type":"operation.failed","account_id":"a","id":"evt 1","data":{}}"#,
+                "field `id`",
+            ),
+            (
+                r#"{"type":"operation.failed","account":"a","data":{}}"#,
+                "account",
+            ),
             (r#"{"type":"operation.failed","#, "malformed event JSON"),
         ];
         for (json, needle) in cases {

@@ -86,8 +86,8 @@ pub fn validate(event: &Event) -> Result<&'static EventType, InvalidEvent> {
     if !valid_id(&event.id) {
         return Err(InvalidEvent::BadId(event.id.clone()));
     }
-    let event_type =
-        catalog::lookup(&event.r#type).ok_or_else(|| InvalidEvent::UnknownType(event.r#type.clone()))?;
+    let event_type = catalog::lookup(&event.r#type)
+        .ok_or_else(|| InvalidEvent::UnknownType(event.r#type.clone()))?;
     let payload = event
         .payload
         .as_ref()
@@ -191,8 +191,8 @@ pub fn parse_rendered(body: &[u8]) -> Result<Event, ParseRenderedError> {
         serde_json::from_slice(body).map_err(ParseRenderedError::Envelope)?;
     let event_type = catalog::lookup(&envelope.event_type)
         .ok_or_else(|| ParseRenderedError::UnknownType(envelope.event_type.clone()))?;
-    let occurred_at =
-        dispatch_proto::wkt::Timestamp::parse_rfc3339(&envelope.created_at).map_err(ParseRenderedError::CreatedAt)?;
+    let occurred_at = dispatch_proto::wkt::Timestamp::parse_rfc3339(&envelope.created_at)
+        .map_err(ParseRenderedError::CreatedAt)?;
     let payload = event_type
         .payload
         .payload_from_json(envelope.data)
@@ -229,9 +229,17 @@ mod tests {
                 seconds: 1_795_730_400 + index as i64,
                 nanos: 123_000_000,
             }),
-            region: if index % 2 == 0 { "eu-west".to_owned() } else { String::new() },
+            region: if index % 2 == 0 {
+                "eu-west".to_owned()
+            } else {
+                String::new()
+            },
             attributes: [("client_id".to_owned(), "cli_acme".to_owned())].into(),
-            payload: Some(event_type.example_payload().expect("catalog example parses")),
+            payload: Some(
+                event_type
+                    .example_payload()
+                    .expect("catalog example parses"),
+            ),
         }
     }
 
@@ -278,7 +286,11 @@ mod tests {
             // (the renderer adds fields left at their defaults, never changes given ones).
             let example: serde_json::Value =
                 serde_json::from_str(event_type.example_data).expect("example JSON");
-            assert_contains(&json["data"], &example, &format!("{}: data", event_type.name));
+            assert_contains(
+                &json["data"],
+                &example,
+                &format!("{}: data", event_type.name),
+            );
             let keys: Vec<_> = json.as_object().expect("object").keys().cloned().collect();
             assert_eq!(keys.len(), 6, "{keys:?}");
 
@@ -301,11 +313,18 @@ mod tests {
     #[test]
     fn validation_names_what_is_wrong() {
         let good = example_event(catalog::lookup("webhook.test").expect("known"), 0);
-        let cases: Vec<(Box<dyn Fn(&mut Event)>, &str)> = vec![
+        type BreakEvent = Box<dyn Fn(&mut Event)>;
+        let cases: Vec<(BreakEvent, &str)> = vec![
             (Box::new(|e| e.id.clear()), "missing_id"),
             (Box::new(|e| e.id = "evt 1".into()), "bad_id"),
-            (Box::new(|e| e.id = "x".repeat(MAX_EVENT_ID_LEN + 1)), "bad_id"),
-            (Box::new(|e| e.r#type = "image.exploded".into()), "unknown_type"),
+            (
+                Box::new(|e| e.id = "x".repeat(MAX_EVENT_ID_LEN + 1)),
+                "bad_id",
+            ),
+            (
+                Box::new(|e| e.r#type = "image.exploded".into()),
+                "unknown_type",
+            ),
             (Box::new(|e| e.payload = None), "missing_payload"),
             (
                 Box::new(|e| e.r#type = "image.generation.started".into()),

@@ -26,7 +26,9 @@ pub fn from_system_time(at: SystemTime) -> Timestamp {
 
 /// A protobuf `Timestamp` as a `SystemTime`; `None` when it is out of range or malformed.
 pub fn to_system_time(ts: &Timestamp) -> Option<SystemTime> {
-    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
     if ts.seconds >= 0 {
         UNIX_EPOCH.checked_add(Duration::new(ts.seconds as u64, nanos))
     } else {
@@ -72,8 +74,20 @@ mod tests {
             let back = from_system_time(to_system_time(&ts).expect("in range"));
             assert_eq!(back, ts);
         }
-        assert!(to_system_time(&Timestamp { seconds: 1, nanos: -1 }).is_none());
-        assert!(to_system_time(&Timestamp { seconds: 1, nanos: 1_000_000_000 }).is_none());
+        assert!(
+            to_system_time(&Timestamp {
+                seconds: 1,
+                nanos: -1
+            })
+            .is_none()
+        );
+        assert!(
+            to_system_time(&Timestamp {
+                seconds: 1,
+                nanos: 1_000_000_000
+            })
+            .is_none()
+        );
     }
 
     #[test]
@@ -85,6 +99,12 @@ mod tests {
         );
         assert_eq!(unix_millis(&ts), 1_795_730_400_123);
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
-        assert!(format_rfc3339_millis(&Timestamp { seconds: i64::MAX, nanos: 0 }).is_none());
+        assert!(
+            format_rfc3339_millis(&Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_none()
+        );
     }
 }

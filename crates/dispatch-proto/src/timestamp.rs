@@ -115,7 +115,10 @@ mod tests {
             (123_456_789, "2026-11-26T22:00:00.123456789Z"),
         ];
         for (nanos, text) in cases {
-            let ts = Timestamp { seconds: 1_795_730_400, nanos };
+            let ts = Timestamp {
+                seconds: 1_795_730_400,
+                nanos,
+            };
             assert_eq!(serde_json::to_value(ts).expect("in range"), text);
             let back: Timestamp = serde_json::from_value(text.into()).expect("parses");
             assert_eq!(back, ts);
@@ -125,6 +128,12 @@ mod tests {
         assert_eq!(offset.seconds, 1_795_730_400);
         let err = serde_json::from_value::<Timestamp>("tomorrow".into()).expect_err("garbage");
         assert!(err.to_string().contains("tomorrow"), "{err}");
-        assert!(serde_json::to_value(Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+        assert!(
+            serde_json::to_value(Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
     }
 }

@@ -6,7 +6,8 @@ use std::process::Command;
 
 #[test]
 fn proto_files_compile_with_stock_protoc() {
-    let protoc = protoc_bin_vendored::protoc_bin_path().expect("a vendored protoc for this platform");
+    let protoc =
+        protoc_bin_vendored::protoc_bin_path().expect("a vendored protoc for this platform");
     let include = protoc_bin_vendored::include_path().expect("the well-known types");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out = std::env::temp_dir().join(format!("dispatch-proto-{}.pb", std::process::id()));

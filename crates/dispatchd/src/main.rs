@@ -1,1 +1,107 @@
-fn main() {}
+//! `dispatchd`: the one binary of Posternity Dispatch. It parses configuration and wires the
+//! library crates together; the work itself lives in those crates.
+
+mod config;
+mod publish_cmd;
+mod topics_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Posternity Dispatch: delivers Posternity's domain events from Kafka to customers' webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "dispatchd", version, about)]
+struct Cli {
+    /// TOML configuration file (environment `DISPATCH_*` variables and flags override it).
+    #[arg(long, short = 'c', global = true, env = "DISPATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `kafka.bootstrap_servers`.
+    #[arg(long, global = true)]
+    bootstrap_servers: Option<String>,
+    /// Overrides `kafka.topic_prefix`.
+    #[arg(long, global = true)]
+    topic_prefix: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the topics of the design.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Build events from JSON and produce them to their domain topics, as pipelines do.
+    ///
+    /// Input: one JSON object, a JSON array of objects, or JSON Lines, from the argument, a
+    /// file, or standard input. Every event is checked before anything is produced: one bad
+    /// event and nothing is sent.
+    Publish(publish_cmd::PublishArgs),
+    /// Check the configuration and print it as the process sees it.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create every missing topic with its configs; report topics that drift from the spec.
+    Ensure(topics_cmd::EnsureArgs),
+}
+
+/// Exit code of invalid configuration or input: nothing was done.
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let flags = config::FlagOverrides {
+        bootstrap_servers: cli.bootstrap_servers.clone(),
+        topic_prefix: cli.topic_prefix.clone(),
+    };
+    let config = match config::load(cli.config.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Topics {
+                command: TopicsCommand::Ensure(args),
+            } => topics_cmd::ensure(&config, &args).await,
+            Command::Publish(args) => publish_cmd::publish(&config, &args).await,
+            Command::CheckConfig => {
+                println!("{:#?}", config.config);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

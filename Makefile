@@ -1,0 +1,60 @@
+# Posternity Dispatch — the two commands are `make run` and `make test`.
+# Everything the project needs is fetched by the project itself: Kafka from Maven Central (via
+# mvn, cached in .cache/), Rust crates from crates.io.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+KAFKA := deploy/kafka/kafka.sh
+WITH_KAFKA := deploy/kafka/with-kafka.sh
+DEV_CONFIG := deploy/dev/dispatchd.toml
+# Integration tests share one broker; a few threads keep the 2-core machine responsive.
+TEST_THREADS ?= 4
+
+.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean
+
+help: ## Show the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+build: ## Build every crate (debug).
+	$(CARGO) build --workspace --all-targets
+
+run: build ## Start the broker, create the topics, say what to do next.
+	$(KAFKA) start
+	./target/debug/dispatchd --config $(DEV_CONFIG) topics ensure
+	@echo
+	@echo "Kafka is running on $$($(KAFKA) bootstrap) with every topic of the design."
+	@echo "Publish an event:"
+	@echo "  ./target/debug/dispatchd -c $(DEV_CONFIG) publish '{\"type\":\"image.generation.started\",\"account_id\":\"acc_demo\",\"data\":{\"generation_id\":\"gen_1\"}}'"
+	@echo "Stop the broker with: make kafka-down"
+
+test: ## Run every test; starts a broker if none runs on its port, and stops what it started.
+	$(CARGO) build --workspace --all-targets
+	$(WITH_KAFKA) $(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+
+test-unit: ## Unit tests only (no broker needed).
+	$(CARGO) test --workspace --lib --bins
+
+lint: ## rustfmt check and clippy with warnings as errors.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+kafka-up: ## Start the local single-node Kafka (fetches it on first use).
+	$(KAFKA) start
+
+kafka-down: ## Stop the Kafka this project started.
+	$(KAFKA) stop
+
+kafka-status: ## Is the local Kafka running?
+	$(KAFKA) status
+
+kafka-logs: ## Tail the broker log.
+	$(KAFKA) logs
+
+clean: ## Remove build output and the broker's runtime files (not the cached Kafka jars).
+	-$(KAFKA) stop
+	$(CARGO) clean
+	rm -rf .run

@@ -1,0 +1,149 @@
+//! The process configuration: a TOML file, overridden by `DISPATCH_*` environment variables,
+//! overridden by command-line flags. Checked completely before any I/O; a bad value fails with
+//! a message naming its key.
+
+use std::path::Path;
+
+use anyhow::bail;
+use dispatch_core::retry::{RetryConfig, RetrySchedule};
+use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::topics::TopicSettings;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Everything `dispatchd` can be configured with. Every table is optional; defaults suit the
+/// local broker of `make kafka-up`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Brokers, topic prefix, librdkafka pass-through.
+    pub kafka: KafkaConfig,
+    /// Partition counts, replication, retention, lanes.
+    pub topics: TopicSettings,
+    /// The retry schedule (its non-zero delays are the retry tier topics).
+    pub retry: RetryConfig,
+}
+
+/// Overrides given on the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    /// `--bootstrap-servers`.
+    pub bootstrap_servers: Option<String>,
+    /// `--topic-prefix`.
+    pub topic_prefix: Option<String>,
+}
+
+/// A configuration that passed every check, with the parts derived from it.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// The raw configuration.
+    pub config: DispatchConfig,
+    /// The retry schedule built from `config.retry`.
+    pub retry: RetrySchedule,
+}
+
+impl ValidConfig {
+    /// The names of the retry tiers (`1m`, `5m`, ...), the suffixes of their topics.
+    pub fn retry_tier_names(&self) -> Vec<String> {
+        self.retry
+            .tiers()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
+}
+
+/// Loads file → environment → flags, and validates.
+pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<ValidConfig> {
+    let mut figment = Figment::new();
+    if let Some(file) = file {
+        if !file.is_file() {
+            bail!("configuration file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    // DISPATCH_KAFKA__BOOTSTRAP_SERVERS=… sets kafka.bootstrap_servers. DISPATCH_CONFIG names the
+    // file itself and is not a key.
+    figment = figment.merge(Env::prefixed("DISPATCH_").split("__").ignore(&["config"]));
+    if let Some(servers) = &flags.bootstrap_servers {
+        figment = figment.merge(("kafka.bootstrap_servers", servers));
+    }
+    if let Some(prefix) = &flags.topic_prefix {
+        figment = figment.merge(("kafka.topic_prefix", prefix));
+    }
+    let config: DispatchConfig = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    validate(config)
+}
+
+/// Checks every table, naming the first bad key.
+pub fn validate(config: DispatchConfig) -> anyhow::Result<ValidConfig> {
+    config
+        .kafka
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config
+        .topics
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let retry = RetrySchedule::new(config.retry.clone())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: retry: {e}"))?;
+    for tier in retry.tiers() {
+        if !dispatch_kafka::topics::valid_name_part(tier.name()) {
+            bail!(
+                "invalid configuration: retry.delays: tier {:?} cannot be a topic name suffix",
+                tier.name()
+            );
+        }
+    }
+    Ok(ValidConfig { config, retry })
+}
+
+/// Parses a TOML text without the environment (tests).
+#[cfg(test)]
+pub fn from_toml(text: &str) -> anyhow::Result<ValidConfig> {
+    let config: DispatchConfig = Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    validate(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", from_toml(text).expect_err(text))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_give_the_four_tiers() {
+        let valid = from_toml("").expect("defaults");
+        assert_eq!(valid.retry_tier_names(), ["1m", "5m", "15m", "1h"]);
+        assert_eq!(valid.config.kafka.bootstrap_servers, "127.0.0.1:19092");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(error_of("[kafka]\nbootstrap_server = 'x:1'").contains("bootstrap_server"));
+        assert!(
+            error_of("[kafka]\nbootstrap_servers = 'nohost'").contains("kafka.bootstrap_servers")
+        );
+        assert!(
+            error_of("[topics]\ndelivery_partitions = 0").contains("topics.delivery_partitions")
+        );
+        assert!(error_of("[topics]\ndelivery_partitions = 'many'").contains("delivery_partitions"));
+        assert!(error_of("[retry]\ndelays = ['1m', 'soon']").contains("soon"));
+        assert!(error_of("[retry]\njitter = 2.0").contains("jitter"));
+        assert!(error_of("[sender]\nx = 1").contains("sender"));
+    }
+
+    #[test]
+    fn custom_schedule_gives_custom_tiers() {
+        let valid = from_toml("[retry]\ndelays = ['0s', '500ms', '2s']").expect("valid");
+        assert_eq!(valid.retry_tier_names(), ["500ms", "2s"]);
+    }
+}
