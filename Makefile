@@ -19,7 +19,8 @@ help: ## Show the targets.
 build: ## Build every crate (debug).
 	$(CARGO) build --workspace --all-targets
 
-run: build ## Start the broker, create the topics, say what to do next.
+run: ## Start the broker, create the topics, say what to do next.
+	$(CARGO) build -p dispatchd
 	$(KAFKA) start
 	./target/debug/dispatchd --config $(DEV_CONFIG) topics ensure
 	@echo

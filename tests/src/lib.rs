@@ -108,16 +108,23 @@ pub fn read_topic(
     records
 }
 
-/// The total number of records ever written to `topic` (sum of high watermarks).
+/// The total number of records ever written to `topic` (sum of high watermarks). Transient
+/// errors (a partition whose leader is still being elected) are retried for a few seconds.
 pub fn record_count(config: &KafkaConfig, topic: &str) -> i64 {
     let consumer = reader(config);
     let partitions = partition_count(&consumer, topic);
     (0..partitions)
         .map(|partition| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(15))
-                .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
-            high - low
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+                    Ok((low, high)) => break high - low,
+                    Err(e) if Instant::now() >= deadline => {
+                        panic!("watermarks of {topic}/{partition}: {e}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
         })
         .sum()
 }

@@ -98,8 +98,10 @@ pub struct EventType {
 impl EventType {
     /// The example payload, parsed. The examples are checked by this module's tests, so this only
     /// fails if the catalog itself is broken.
-    pub fn example_payload(&self) -> Result<Payload, serde_json::Error> {
-        let value: serde_json::Value = serde_json::from_str(self.example_data)?;
+    pub fn example_payload(&self) -> Result<Payload, PayloadJsonError> {
+        // The example is a JSON literal of this file; a syntax error there surfaces as a
+        // payload error on `null`, which the tests catch.
+        let value = serde_json::from_str(self.example_data).unwrap_or(serde_json::Value::Null);
         self.payload.payload_from_json(value)
     }
 }
@@ -121,6 +123,28 @@ impl PayloadKind {
             .iter()
             .find(|t| t.payload == self)
             .expect("the catalog table generates one entry per payload kind")
+    }
+}
+
+/// Why a `data` object does not fit a payload: the path of the offending field and what serde
+/// found wrong there.
+#[derive(Debug)]
+pub struct PayloadJsonError(serde_path_to_error::Error<serde_json::Error>);
+
+impl std::fmt::Display for PayloadJsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.0.path().to_string();
+        if path == "." {
+            write!(f, "{}", self.0.inner())
+        } else {
+            write!(f, "{path}: {}", self.0.inner())
+        }
+    }
+}
+
+impl std::error::Error for PayloadJsonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.inner())
     }
 }
 
@@ -172,11 +196,13 @@ macro_rules! catalog {
             }
 
             /// Parses a payload of this kind from its proto3 JSON (`data`). Unknown fields and
-            /// wrongly typed values are errors that name the field.
-            pub fn payload_from_json(self, data: serde_json::Value) -> Result<Payload, serde_json::Error> {
-                match self {
-                    $( PayloadKind::$variant => serde_json::from_value(data).map(Payload::$variant), )*
-                }
+            /// wrongly typed values are errors that start with the path of the field
+            /// (`images[0].width: invalid type …`).
+            pub fn payload_from_json(self, data: serde_json::Value) -> Result<Payload, PayloadJsonError> {
+                let result = match self {
+                    $( PayloadKind::$variant => serde_path_to_error::deserialize(data).map(Payload::$variant), )*
+                };
+                result.map_err(PayloadJsonError)
             }
         }
 
@@ -457,5 +483,14 @@ mod tests {
             .payload_from_json(serde_json::json!({"subscription_id": "sub_1", "colour": "red"}))
             .expect_err("unknown field must be refused");
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn payload_errors_start_with_the_field_path() {
+        let kind = lookup("image.generation.completed").expect("known").payload;
+        let err = kind
+            .payload_from_json(serde_json::json!({"images": [{"width": "wide"}]}))
+            .expect_err("width must be a number");
+        assert!(err.to_string().starts_with("images[0].width: "), "{err}");
     }
 }

@@ -78,7 +78,7 @@ pub enum EventInputError {
         event_type: String,
         /// What serde found wrong (names the field inside `data`).
         #[source]
-        source: serde_json::Error,
+        source: crate::catalog::PayloadJsonError,
     },
     /// The assembled event is invalid (empty account, bad id, ...).
     #[error(transparent)]

@@ -166,9 +166,9 @@ pub enum ParseRenderedError {
     Data {
         /// The envelope's `type`.
         event_type: String,
-        /// What serde found wrong.
+        /// What serde found wrong, and where.
         #[source]
-        source: serde_json::Error,
+        source: crate::catalog::PayloadJsonError,
     },
 }
 

@@ -69,6 +69,8 @@ pub struct TopicShape {
     pub partitions: i32,
     /// Replicas of the first partition.
     pub replication_factor: i32,
+    /// Every partition has a leader and no error: the topic can be written and read.
+    pub ready: bool,
 }
 
 impl TopicAdmin {
@@ -108,10 +110,42 @@ impl TopicAdmin {
                         .first()
                         .map(|p| p.replicas().len() as i32)
                         .unwrap_or(0),
+                    ready: !partitions.is_empty()
+                        && partitions
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none()),
                 };
                 (topic.name().to_owned(), shape)
             })
             .collect())
+    }
+
+    /// Polls the metadata until every topic of `specs` is listed with a leader for each
+    /// partition, or the request timeout passed.
+    async fn wait_until_visible(
+        &self,
+        specs: &[TopicSpec],
+    ) -> Result<BTreeMap<String, TopicShape>> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let shapes = self.topic_shapes().await?;
+            let missing = specs
+                .iter()
+                .find(|spec| !shapes.get(&spec.name).is_some_and(|shape| shape.ready));
+            match missing {
+                None => return Ok(shapes),
+                Some(spec) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::CreateTopic {
+                        topic: spec.name.clone(),
+                        reason: format!(
+                            "created, but without a leader for every partition after {:?}",
+                            self.timeout
+                        ),
+                    });
+                }
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// The live values of the given config keys of `topic`.
@@ -133,6 +167,14 @@ impl TopicAdmin {
             for entry in resource.entries {
                 values.insert(entry.name, entry.value);
             }
+        }
+        if values.is_empty() {
+            // A topic always has configs (defaults included); none means the broker does not
+            // know the topic (yet).
+            return Err(Error::CreateTopic {
+                topic: topic.to_owned(),
+                reason: "the broker returned no configs for it".to_owned(),
+            });
         }
         Ok(values)
     }
@@ -188,6 +230,15 @@ impl TopicAdmin {
                 }
             }
         }
+
+        // A created topic reaches every broker's metadata a moment after the controller
+        // acknowledged it; wait for all of them, so the caller (and the drift check below, which
+        // needs the live shapes) never sees a topic as missing.
+        let shapes = if missing.is_empty() {
+            shapes
+        } else {
+            self.wait_until_visible(specs).await?
+        };
 
         for spec in specs
             .iter()

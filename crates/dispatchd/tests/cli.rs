@@ -11,8 +11,11 @@ use dispatch_proto::events::v1::Event;
 use dispatch_proto::prost::Message;
 use rdkafka::Message as _;
 
-fn dispatchd(prefix: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+/// `dispatchd` on the test broker under `prefix`, with few partitions per topic: every test
+/// creates the whole layout, and one broker carries all of them.
+fn command(prefix: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
+    command
         .args(args)
         .args([
             "--bootstrap-servers",
@@ -21,7 +24,17 @@ fn dispatchd(prefix: &str, args: &[&str], stdin: Option<&str>) -> Output {
             prefix,
         ])
         .env_remove("DISPATCH_CONFIG")
-        .env("RUST_LOG", "warn")
+        .env("DISPATCH_TOPICS__DOMAIN_PARTITIONS", "2")
+        .env("DISPATCH_TOPICS__DELIVERY_PARTITIONS", "2")
+        .env("DISPATCH_TOPICS__ATTEMPTS_PARTITIONS", "1")
+        .env("DISPATCH_TOPICS__DLQ_PARTITIONS", "1")
+        .env("DISPATCH_TOPICS__INVALID_PARTITIONS", "1")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn dispatchd(prefix: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = command(prefix, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -58,7 +71,7 @@ fn topics_ensure_twice_creates_once_then_changes_nothing() {
     let prefix = unique_prefix("cli-ensure");
     let first = ensure_topics(&prefix);
     assert!(
-        first.contains("15 topics: 15 created, 0 already existed, 0 drifted settings"),
+        first.contains("14 topics: 14 created, 0 already existed, 0 drifted settings"),
         "{first}"
     );
     assert!(
@@ -67,7 +80,7 @@ fn topics_ensure_twice_creates_once_then_changes_nothing() {
     );
     let second = ensure_topics(&prefix);
     assert!(
-        second.contains("15 topics: 0 created, 15 already existed, 0 drifted settings"),
+        second.contains("14 topics: 0 created, 14 already existed, 0 drifted settings"),
         "{second}"
     );
 }
@@ -77,17 +90,8 @@ fn topics_ensure_strict_fails_on_drift() {
     let prefix = unique_prefix("cli-drift");
     ensure_topics(&prefix);
     // The same topics checked against a spec with more delivery partitions: drift.
-    let output = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-        .args([
-            "topics",
-            "ensure",
-            "--strict",
-            "--bootstrap-servers",
-            &bootstrap(),
-            "--topic-prefix",
-            &prefix,
-        ])
-        .env("DISPATCH_TOPICS__DELIVERY_PARTITIONS", "30")
+    let output = command(&prefix, &["topics", "ensure", "--strict"])
+        .env("DISPATCH_TOPICS__DELIVERY_PARTITIONS", "3")
         .env("RUST_LOG", "error")
         .output()
         .expect("dispatchd runs");
@@ -95,7 +99,7 @@ fn topics_ensure_strict_fails_on_drift() {
     let stdout = text(&output.stdout);
     assert!(
         stdout.contains(&format!(
-            "DRIFT    {prefix}dispatch.deliveries: partitions is 24 but the spec says 30"
+            "DRIFT    {prefix}dispatch.deliveries: partitions is 2 but the spec says 3"
         )),
         "{stdout}"
     );
