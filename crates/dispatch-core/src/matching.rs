@@ -25,8 +25,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::str::FromStr;
 
-/// A subscription as far as matching is concerned. Converted from the `Subscription` record
-/// elsewhere; this module does not know the protobuf types.
+/// A subscription as far as matching is concerned (`From<&Subscription>` converts the record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchRule {
     /// The subscription's id (`sub_…`).
@@ -40,6 +39,22 @@ pub struct MatchRule {
     pub filter: BTreeMap<String, Vec<String>>,
     /// Disabled subscriptions never match.
     pub enabled: bool,
+}
+
+impl From<&dispatch_proto::dispatch::v1::Subscription> for MatchRule {
+    fn from(subscription: &dispatch_proto::dispatch::v1::Subscription) -> Self {
+        MatchRule {
+            subscription_id: subscription.id.clone(),
+            account_id: subscription.account_id.clone(),
+            event_types: subscription.event_types.clone(),
+            filter: subscription
+                .filter
+                .iter()
+                .map(|(key, allowed)| (key.clone(), allowed.values.clone()))
+                .collect(),
+            enabled: subscription.enabled,
+        }
+    }
 }
 
 impl MatchRule {
@@ -951,6 +966,42 @@ mod tests {
         assert!(index.upsert(rule("sub_new", "acc_a", &[""])).is_err());
         assert_eq!(index.get("sub_new"), None);
         assert_eq!(index.len(), 12);
+    }
+
+    #[test]
+    fn a_subscription_record_converts_into_a_rule() {
+        use dispatch_proto::dispatch::v1::{AttributeValues, Subscription};
+        let subscription = Subscription {
+            id: "sub_1".into(),
+            account_id: "acc_1".into(),
+            event_types: vec!["studio.**".into()],
+            filter: [(
+                "client_id".to_owned(),
+                AttributeValues {
+                    values: vec!["cli_acme".into()],
+                },
+            )]
+            .into(),
+            enabled: true,
+            ..Subscription::default()
+        };
+        let index = index_of(vec![MatchRule::from(&subscription)]);
+        let acme = attributes(&[("client_id", "cli_acme")]);
+        let other = attributes(&[("client_id", "cli_other")]);
+        assert_eq!(
+            index.matches("acc_1", "studio.batch.progress", &acme),
+            ["sub_1"]
+        );
+        assert!(
+            index
+                .matches("acc_1", "studio.batch.progress", &other)
+                .is_empty()
+        );
+        assert!(
+            index
+                .matches("acc_1", "image.generation.started", &acme)
+                .is_empty()
+        );
     }
 
     #[test]
