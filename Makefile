@@ -11,7 +11,7 @@ DEV_CONFIG := deploy/dev/dispatchd.toml
 # Integration tests share one broker; a few threads keep the 2-core machine responsive.
 TEST_THREADS ?= 4
 
-.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean
+.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench-fanout
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ lint: ## rustfmt check and clippy with warnings as errors.
 
 fmt: ## Format the code.
 	$(CARGO) fmt --all
+
+bench-fanout: ## Fan-out throughput (1,000 subscriptions, fan-out 3, 1 KiB events); EVENTS=100000 by default.
+	$(CARGO) build --release -p dispatch-bench
+	$(WITH_KAFKA) ./target/release/dispatch-bench fanout --events $${EVENTS:-100000}
 
 kafka-up: ## Start the local single-node Kafka (fetches it on first use).
 	$(KAFKA) start

@@ -108,6 +108,51 @@ pub fn read_topic(
     records
 }
 
+/// Reads `topic` until `expected` records arrived (waiting up to `timeout`), then keeps reading
+/// for `settle` to catch records beyond the expected count. Callers assert the exact count.
+pub fn read_expecting(
+    config: &KafkaConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<OwnedMessage> {
+    let records = read_topic(config, topic, expected, timeout);
+    if records.len() < expected {
+        return records;
+    }
+    read_topic(config, topic, expected + 1, settle)
+}
+
+/// The sum over `topic`'s partitions of the offsets consumer group `group` committed.
+pub fn group_committed_total(config: &KafkaConfig, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // read_committed would make the offset fetch wait for open transactions to end
+        // (require_stable); the last committed offsets are what we want.
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap_or_else(|e| panic!("consumer of group {group}: {e}"));
+    let partitions = partition_count(&consumer, topic);
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("committed offsets of {group}: {e}"));
+    committed
+        .elements()
+        .iter()
+        .map(|element| match element.offset() {
+            Offset::Offset(offset) => offset,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// The total number of records ever written to `topic` (sum of high watermarks). Transient
 /// errors (a partition whose leader is still being elected) are retried for a few seconds.
 pub fn record_count(config: &KafkaConfig, topic: &str) -> i64 {

@@ -5,6 +5,7 @@
 //! - [`render`]: an `Event` → the JSON body a receiver gets; event validation.
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
 //! - [`matching`]: which subscriptions want an event, through an index.
+//! - [`subscriptions`]: the subscriptions table, a fold of the `dispatch.subscriptions` log.
 //! - [`retry`]: the retry schedule: after a failed attempt, retry now, on a tier later, or give up.
 //! - [`outcome`]: an HTTP attempt's result → a classified outcome; `Retry-After` parsing.
 //! - [`ids`]: event, subscription and delivery identifiers.
@@ -22,4 +23,5 @@ pub mod outcome;
 pub mod render;
 pub mod retry;
 pub mod signing;
+pub mod subscriptions;
 pub mod timestamp;

@@ -6,11 +6,16 @@
 //! - [`topics`]: topic names under a prefix, partition counts and configs.
 //! - [`admin`]: `topics ensure` — create what is missing, report what drifted.
 //! - [`publish`]: producing domain events as the pipelines do.
+//! - [`subscription_writer`]: writing subscription records and tombstones.
+//! - [`subscription_view`]: the in-memory subscriptions table every role reads, kept current
+//!   from `dispatch.subscriptions`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod client;
 pub mod publish;
+pub mod subscription_view;
+pub mod subscription_writer;
 pub mod topics;
 
 pub use client::KafkaConfig;
@@ -46,6 +51,55 @@ pub enum Error {
     /// A blocking librdkafka call could not be run.
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A subscription record every view would refuse; nothing was written.
+    #[error("refusing to write a subscription record: {0}")]
+    InvalidSubscription(#[source] dispatch_core::subscriptions::Rejection),
+    /// A topic the process reads does not exist (`dispatchd topics ensure` creates it).
+    #[error("topic {topic} does not exist")]
+    TopicMissing {
+        /// The topic.
+        topic: String,
+    },
+    /// `dispatch.subscriptions` must have exactly one partition: one total order of writes is
+    /// what makes every view fold conflicting updates the same way.
+    #[error(
+        "topic {topic} has {partitions} partitions; the subscriptions topic must have exactly 1"
+    )]
+    SubscriptionPartitions {
+        /// The topic.
+        topic: String,
+        /// Its partition count.
+        partitions: usize,
+    },
+    /// A wait on the subscription view ran out of time.
+    #[error(
+        "subscription view: {waiting_for} not reached within {timeout:?} (applied up to offset {next_offset}){}",
+        last_error.as_ref().map(|e| format!("; last consumer error: {e}")).unwrap_or_default()
+    )]
+    ViewTimeout {
+        /// What was awaited (`catch-up to offset 42`, `offset 17`).
+        waiting_for: String,
+        /// How long we waited.
+        timeout: std::time::Duration,
+        /// The offset the view will apply next.
+        next_offset: i64,
+        /// The consumer's last error, if any: usually why it is behind.
+        last_error: Option<String>,
+    },
+    /// The subscription view's reader has stopped (shut down, or it failed).
+    #[error("the subscription view has stopped")]
+    ViewStopped,
+    /// The view has passed `offset`, but no longer knows (or never knew) what that record did:
+    /// it is older than the outcomes the view keeps, or no record is visible there (compacted
+    /// away, an aborted transaction, a transaction marker).
+    #[error("no outcome is known for the subscription record at offset {offset}")]
+    OutcomeUnknown {
+        /// The offset asked about.
+        offset: i64,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Results of this crate.

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::bail;
 use dispatch_core::retry::{RetryConfig, RetrySchedule};
+use dispatch_fanout::FanoutConfig;
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::topics::TopicSettings;
 use figment::Figment;
@@ -23,6 +24,10 @@ pub struct DispatchConfig {
     pub topics: TopicSettings,
     /// The retry schedule (its non-zero delays are the retry tier topics).
     pub retry: RetryConfig,
+    /// The fan-out role.
+    pub fanout: FanoutConfig,
+    /// Telemetry server and start-up limits of every role.
+    pub metrics: crate::roles::MetricsConfig,
 }
 
 /// Overrides given on the command line (highest precedence).
@@ -88,6 +93,13 @@ pub fn validate(config: DispatchConfig) -> anyhow::Result<ValidConfig> {
         .topics
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config
+        .fanout
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if config.metrics.view_catch_up_timeout_secs == 0 {
+        bail!("invalid configuration: metrics.view_catch_up_timeout_secs: must be positive");
+    }
     let retry = RetrySchedule::new(config.retry.clone())
         .map_err(|e| anyhow::anyhow!("invalid configuration: retry: {e}"))?;
     for tier in retry.tiers() {
@@ -139,6 +151,12 @@ mod tests {
         assert!(error_of("[retry]\ndelays = ['1m', 'soon']").contains("soon"));
         assert!(error_of("[retry]\njitter = 2.0").contains("jitter"));
         assert!(error_of("[sender]\nx = 1").contains("sender"));
+        assert!(error_of("[fanout]\nbatch_max_records = 0").contains("fanout.batch_max_records"));
+        assert!(
+            error_of("[fanout]\ndomain_topic_pattern = '('")
+                .contains("fanout.domain_topic_pattern")
+        );
+        assert!(error_of("[metrics]\nlisten = 'nowhere'").contains("listen"));
     }
 
     #[test]

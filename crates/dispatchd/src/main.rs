@@ -3,6 +3,7 @@
 
 mod config;
 mod publish_cmd;
+mod roles;
 mod topics_cmd;
 
 use std::path::PathBuf;
@@ -43,6 +44,15 @@ enum Command {
     Publish(publish_cmd::PublishArgs),
     /// Check the configuration and print it as the process sees it.
     CheckConfig,
+    /// Run the fan-out role: domain events → delivery tasks, exactly once.
+    Fanout,
+}
+
+impl Command {
+    /// Long-running roles (as opposed to one-shot tools).
+    fn is_role(&self) -> bool {
+        matches!(self, Command::Fanout)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,9 +68,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            // The tools report on stdout; their logs are for trouble only. (Roles will log at
-            // info.) RUST_LOG overrides.
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            // Roles log at info; the tools report on stdout and log only trouble. RUST_LOG
+            // overrides both.
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                EnvFilter::new(if cli.command.is_role() {
+                    "info"
+                } else {
+                    "warn"
+                })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -93,6 +109,7 @@ fn main() -> ExitCode {
                 command: TopicsCommand::Ensure(args),
             } => topics_cmd::ensure(&config, &args).await,
             Command::Publish(args) => publish_cmd::publish(&config, &args).await,
+            Command::Fanout => roles::fanout(&config).await,
             Command::CheckConfig => {
                 println!("{:#?}", config.config);
                 Ok(ExitCode::SUCCESS)

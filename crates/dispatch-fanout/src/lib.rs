@@ -1,0 +1,50 @@
+//! The fan-out role: reads Posternity's domain events, validates them, matches them against the
+//! subscription view, renders each event's receiver body once, and writes one `DeliveryTask` per
+//! matched subscription to `dispatch.deliveries` (or the subscription's lane) — exactly once,
+//! through Kafka transactions. Bad input is quarantined in `dispatch.invalid`, never fatal.
+//!
+//! # Layout
+//! - [`plan`]: what one record becomes (quarantine, or delivery tasks) — no I/O.
+//! - [`fanout`]: the consumer → transactional producer loop on its own thread.
+#![forbid(unsafe_code)]
+
+pub mod fanout;
+pub mod plan;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use fanout::{Fanout, FanoutConfig};
+
+/// What stops the fan-out.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kafka client failed in a way a restart must fix (fenced, fatal, misconfigured).
+    #[error("Kafka: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// The loop's thread panicked or could not be joined.
+    #[error("the fan-out thread failed: {0}")]
+    Thread(String),
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs a built fan-out on its own thread until `shutdown` completes, then lets it finish the
+/// open transaction and leave the group. Returns early with the loop's error if it stops by
+/// itself.
+pub async fn run(fanout: Fanout, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loop_stop = Arc::clone(&stop);
+    let mut handle = tokio::task::spawn_blocking(move || fanout.run_blocking(&loop_stop));
+    tokio::select! {
+        biased;
+        finished = &mut handle => {
+            return finished.map_err(|e| Error::Thread(e.to_string()))?;
+        }
+        () = shutdown => {}
+    }
+    stop.store(true, Ordering::SeqCst);
+    handle.await.map_err(|e| Error::Thread(e.to_string()))?
+}

@@ -1,0 +1,397 @@
+//! Every metric name of the system, in one place (design section 8): `dispatch_<role>_<noun>_<unit>`,
+//! counters end in `_total`, labels are bounded (never a URL, event id or account id).
+//! `docs/metrics.md` is checked against this module.
+//!
+//! [`CATALOGUE`] lists every name once with its kind, unit, labels and help text; a unit test
+//! scans this file so that a constant cannot be added without its catalogue entry.
+
+use metrics::Unit;
+
+// --- subscription view (every role that reads dispatch.subscriptions) ---------------------------
+
+/// Gauge: subscriptions currently in this process's view (enabled or not).
+pub const VIEW_SUBSCRIPTIONS: &str = "dispatch_view_subscriptions";
+/// Gauge: records of dispatch.subscriptions not yet applied by this process's view.
+pub const VIEW_LAG_RECORDS: &str = "dispatch_view_lag_records";
+/// Counter, label `reason`: subscription records the fold refused (stale version, invalid).
+pub const VIEW_REJECTED_TOTAL: &str = "dispatch_view_rejected_total";
+
+// --- fan-out ------------------------------------------------------------------------------------
+
+/// Counter, label `topic`: domain events read.
+pub const FANOUT_EVENTS_CONSUMED_TOTAL: &str = "dispatch_fanout_events_consumed_total";
+/// Counter, label `reason`: events quarantined to dispatch.invalid.
+pub const FANOUT_EVENTS_INVALID_TOTAL: &str = "dispatch_fanout_events_invalid_total";
+/// Counter: valid events that matched no subscription.
+pub const FANOUT_EVENTS_UNMATCHED_TOTAL: &str = "dispatch_fanout_events_unmatched_total";
+/// Counter, label `family`: delivery tasks produced (committed).
+pub const FANOUT_DELIVERIES_PRODUCED_TOTAL: &str = "dispatch_fanout_deliveries_produced_total";
+/// Counter, label `result` (`commit` | `abort`): transactions ended.
+pub const FANOUT_TRANSACTIONS_TOTAL: &str = "dispatch_fanout_transactions_total";
+/// Histogram: input records per transaction.
+pub const FANOUT_BATCH_RECORDS: &str = "dispatch_fanout_batch_records";
+/// Histogram: seconds from `send_offsets_to_transaction` to a finished `commit_transaction`.
+pub const FANOUT_COMMIT_DURATION_SECONDS: &str = "dispatch_fanout_commit_duration_seconds";
+
+// --- Kafka clients (every role) -----------------------------------------------------------------
+
+/// Gauge, labels `group`, `topic`, `partition`: consumer lag from librdkafka statistics.
+pub const KAFKA_CONSUMER_LAG_RECORDS: &str = "dispatch_kafka_consumer_lag_records";
+
+// --- the catalogue ------------------------------------------------------------------------------
+
+/// What a metric is in Prometheus terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only ever increases; the name ends in `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution of observations, exported with buckets.
+    Histogram,
+}
+
+/// One metric of the system: its name and everything needed to describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricSpec {
+    /// The exported name, one of the constants of this module.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// What one unit of the value is, plural (`"records"`, `"seconds"`); gauges and histograms
+    /// end their name with it.
+    pub unit: &'static str,
+    /// Every label the metric is recorded with; all of them have bounded values.
+    pub labels: &'static [&'static str],
+    /// One sentence for the `# HELP` line.
+    pub help: &'static str,
+}
+
+impl MetricSpec {
+    /// The `metrics` unit matching [`unit`](Self::unit): seconds and bytes as such, anything
+    /// counted (records, events, subscriptions …) as [`Unit::Count`].
+    pub fn metrics_unit(&self) -> Unit {
+        match self.unit {
+            "seconds" => Unit::Seconds,
+            "bytes" => Unit::Bytes,
+            _ => Unit::Count,
+        }
+    }
+}
+
+/// Every metric of the system, each exactly once.
+pub const CATALOGUE: &[MetricSpec] = &[
+    MetricSpec {
+        name: VIEW_SUBSCRIPTIONS,
+        kind: MetricKind::Gauge,
+        unit: "subscriptions",
+        labels: &[],
+        help: "Subscriptions currently in this process's view, enabled or not.",
+    },
+    MetricSpec {
+        name: VIEW_LAG_RECORDS,
+        kind: MetricKind::Gauge,
+        unit: "records",
+        labels: &[],
+        help: "Records of dispatch.subscriptions not yet applied by this process's view.",
+    },
+    MetricSpec {
+        name: VIEW_REJECTED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "records",
+        labels: &["reason"],
+        help: "Subscription records the view refused (stale version, invalid).",
+    },
+    MetricSpec {
+        name: FANOUT_EVENTS_CONSUMED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "events",
+        labels: &["topic"],
+        help: "Domain events read by the fan-out.",
+    },
+    MetricSpec {
+        name: FANOUT_EVENTS_INVALID_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "events",
+        labels: &["reason"],
+        help: "Domain events quarantined to dispatch.invalid.",
+    },
+    MetricSpec {
+        name: FANOUT_EVENTS_UNMATCHED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "events",
+        labels: &[],
+        help: "Valid domain events that matched no subscription.",
+    },
+    MetricSpec {
+        name: FANOUT_DELIVERIES_PRODUCED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "deliveries",
+        labels: &["family"],
+        help: "Delivery tasks produced in committed transactions.",
+    },
+    MetricSpec {
+        name: FANOUT_TRANSACTIONS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "transactions",
+        labels: &["result"],
+        help: "Fan-out transactions ended, by commit or abort.",
+    },
+    MetricSpec {
+        name: FANOUT_BATCH_RECORDS,
+        kind: MetricKind::Histogram,
+        unit: "records",
+        labels: &[],
+        help: "Input records per fan-out transaction.",
+    },
+    MetricSpec {
+        name: FANOUT_COMMIT_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: "seconds",
+        labels: &[],
+        help: "Seconds from sending offsets to the transaction to a finished commit.",
+    },
+    MetricSpec {
+        name: KAFKA_CONSUMER_LAG_RECORDS,
+        kind: MetricKind::Gauge,
+        unit: "records",
+        labels: &["group", "topic", "partition"],
+        help: "Consumer lag per partition, from librdkafka statistics.",
+    },
+];
+
+/// The catalogue entry of `name`, if it is one of ours.
+pub fn spec(name: &str) -> Option<&'static MetricSpec> {
+    CATALOGUE.iter().find(|spec| spec.name == name)
+}
+
+/// Registers kind, unit and help text of every catalogued metric with the installed recorder, so
+/// that `/metrics` carries `# HELP` and `# TYPE` lines.
+///
+/// Descriptions go to the recorder installed at the time of the call; with none installed they
+/// are dropped, so call this after [`install_recorder`](crate::install_recorder) (which does).
+pub fn describe_all() {
+    for spec in CATALOGUE {
+        let unit = spec.metrics_unit();
+        match spec.kind {
+            MetricKind::Counter => metrics::describe_counter!(spec.name, unit, spec.help),
+            MetricKind::Gauge => metrics::describe_gauge!(spec.name, unit, spec.help),
+            MetricKind::Histogram => metrics::describe_histogram!(spec.name, unit, spec.help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// One `pub const` of this file: the constant's name, its value (for `&str` constants), and
+    /// the first line of its doc comment.
+    #[derive(Debug)]
+    struct DeclaredConst {
+        ident: String,
+        value: Option<String>,
+        doc: String,
+    }
+
+    /// Reads this very file, so that a constant added without a catalogue entry fails a test
+    /// instead of relying on a hand-kept list.
+    fn declared_consts() -> Vec<DeclaredConst> {
+        let source = include_str!("names.rs");
+        let lines: Vec<&str> = source.lines().collect();
+        let mut found = Vec::new();
+        for (index, line) in lines.iter().enumerate() {
+            let Some(rest) = line.trim_start().strip_prefix("pub const ") else {
+                continue;
+            };
+            // rustfmt may wrap a long declaration; the value ends at the first `;`.
+            let mut declaration = rest.to_owned();
+            let mut next = index + 1;
+            while !declaration.contains(';') {
+                declaration.push(' ');
+                declaration.push_str(lines.get(next).expect("declaration ends with `;`").trim());
+                next += 1;
+            }
+            let ident = declaration
+                .split(':')
+                .next()
+                .expect("split yields one item")
+                .trim()
+                .to_owned();
+            let value = declaration
+                .split_once("&str = \"")
+                .map(|(_, quoted)| quoted.split('"').next().expect("closing quote").to_owned());
+            // The doc block sits right above; its first line says kind and labels.
+            let doc = lines[..index]
+                .iter()
+                .rev()
+                .take_while(|line| line.trim_start().starts_with("///"))
+                .last()
+                .map(|line| {
+                    line.trim_start()
+                        .trim_start_matches("///")
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            found.push(DeclaredConst { ident, value, doc });
+        }
+        found
+    }
+
+    fn metric_consts() -> Vec<DeclaredConst> {
+        declared_consts()
+            .into_iter()
+            .filter(|c| c.ident != "CATALOGUE")
+            .collect()
+    }
+
+    #[test]
+    fn every_constant_is_a_name_and_in_the_catalogue_once() {
+        let consts = metric_consts();
+        assert!(
+            consts.len() >= 11,
+            "the scan found too few constants: {consts:?}"
+        );
+        let mut catalogued: BTreeMap<&str, usize> = BTreeMap::new();
+        for spec in CATALOGUE {
+            *catalogued.entry(spec.name).or_default() += 1;
+        }
+        for declared in &consts {
+            let value = declared
+                .value
+                .as_deref()
+                .unwrap_or_else(|| panic!("{} is not a `&str` name", declared.ident));
+            assert_eq!(
+                catalogued.get(value),
+                Some(&1),
+                "{} ({value}) must be in CATALOGUE exactly once",
+                declared.ident
+            );
+        }
+        let declared: BTreeSet<&str> = consts.iter().filter_map(|c| c.value.as_deref()).collect();
+        for spec in CATALOGUE {
+            assert!(
+                declared.contains(spec.name),
+                "{} is catalogued but not a constant",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        let mut seen = BTreeSet::new();
+        for spec in CATALOGUE {
+            let name = spec.name;
+            assert!(seen.insert(name), "{name} is catalogued twice");
+            let rest = name
+                .strip_prefix("dispatch_")
+                .unwrap_or_else(|| panic!("{name}: prefix"));
+            assert!(
+                !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name} must match dispatch_[a-z_]+"
+            );
+            assert!(
+                !name.contains("__") && !name.ends_with('_'),
+                "{name}: stray underscore"
+            );
+            match spec.kind {
+                MetricKind::Counter => assert!(name.ends_with("_total"), "{name}: counter"),
+                MetricKind::Gauge | MetricKind::Histogram => {
+                    assert!(
+                        !name.ends_with("_total"),
+                        "{name}: only counters end in _total"
+                    );
+                    // `dispatch_<role>_<noun>_<unit>`: the unit is the last word.
+                    assert!(
+                        name.ends_with(&format!("_{}", spec.unit)),
+                        "{name} must end with its unit `{}`",
+                        spec.unit
+                    );
+                }
+            }
+            if name.ends_with("_seconds") || spec.unit == "seconds" {
+                assert!(
+                    name.ends_with("_seconds") && spec.unit == "seconds",
+                    "{name}: time is measured in seconds and named so"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn help_is_one_sentence_and_labels_are_sane() {
+        for spec in CATALOGUE {
+            let help = spec.help;
+            assert!(
+                help.ends_with('.') && help[..help.len() - 1].matches(". ").count() == 0,
+                "{}: help must be one sentence: {help:?}",
+                spec.name
+            );
+            assert!(
+                help.chars().next().is_some_and(char::is_uppercase),
+                "{}: {help:?}",
+                spec.name
+            );
+            let unique: BTreeSet<_> = spec.labels.iter().collect();
+            assert_eq!(
+                unique.len(),
+                spec.labels.len(),
+                "{}: duplicate label",
+                spec.name
+            );
+            for label in spec.labels {
+                assert!(
+                    !label.is_empty() && label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{}: label {label:?}",
+                    spec.name
+                );
+            }
+        }
+    }
+
+    /// The doc comment of each constant starts `Kind[, label(s) `a`, `b`]:`; the catalogue must
+    /// agree with it, so readers of either see the same thing.
+    #[test]
+    fn catalogue_agrees_with_the_doc_comments() {
+        for declared in metric_consts() {
+            let value = declared.value.as_deref().expect("checked elsewhere");
+            let spec = spec(value).expect("checked elsewhere");
+            let (head, _) = declared
+                .doc
+                .split_once(':')
+                .unwrap_or_else(|| panic!("{}: doc must start with `Kind:`", declared.ident));
+            let kind = match head.split(',').next().expect("one item").trim() {
+                "Counter" => MetricKind::Counter,
+                "Gauge" => MetricKind::Gauge,
+                "Histogram" => MetricKind::Histogram,
+                other => panic!("{}: unknown kind {other:?} in doc", declared.ident),
+            };
+            assert_eq!(
+                kind, spec.kind,
+                "{}: kind in doc vs catalogue",
+                declared.ident
+            );
+            // `label `result` (`commit` | `abort`)`: the parenthesis lists values, not labels.
+            let labels_part = head.split('(').next().expect("one item");
+            let documented_labels: Vec<&str> = labels_part.split('`').skip(1).step_by(2).collect();
+            assert_eq!(
+                documented_labels, spec.labels,
+                "{}: labels in doc vs catalogue",
+                declared.ident
+            );
+        }
+    }
+
+    #[test]
+    fn units_map_to_metrics_units() {
+        let commit = spec(FANOUT_COMMIT_DURATION_SECONDS).expect("catalogued");
+        assert_eq!(commit.metrics_unit(), Unit::Seconds);
+        let batch = spec(FANOUT_BATCH_RECORDS).expect("catalogued");
+        assert_eq!(batch.metrics_unit(), Unit::Count);
+        assert!(spec("dispatch_nonexistent_total").is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! Crash safety of the fan-out: with thousands of events flowing, `kill -9` a real `dispatchd
+//! fanout` process, start it again, and read `dispatch.deliveries` with
+//! `isolation.level=read_committed`: every (event, subscription) pair appears exactly once.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dispatch_core::catalog::{self, Family};
+use dispatch_core::event_input::PublishableEvent;
+use dispatch_e2e::{
+    bootstrap, group_committed_total, kafka_config, payload, read_expecting, record_count,
+    unique_prefix,
+};
+use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::publish::EventPublisher;
+use dispatch_kafka::subscription_writer::SubscriptionWriter;
+use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
+use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
+use dispatch_proto::events::v1::Event;
+use dispatch_proto::prost::Message as _;
+use dispatch_proto::wkt::Timestamp;
+
+const EVENTS: usize = 3000;
+const SUBSCRIBERS: usize = 3;
+
+/// A `dispatchd fanout` child process configured through a file (the librdkafka pass-through
+/// keys contain dots, which environment variables cannot carry).
+fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(["--config"])
+        .arg(config_file)
+        .arg("fanout")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("dispatchd fanout starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_yields_every_pair_exactly_once() {
+    let prefix = unique_prefix("fanout-crash");
+    let config = kafka_config(&prefix);
+    let settings = TopicSettings {
+        domain_partitions: 3,
+        delivery_partitions: 3,
+        attempts_partitions: 1,
+        dlq_partitions: 1,
+        invalid_partitions: 1,
+        ..TopicSettings::default()
+    };
+    let names = TopicNames::new(&prefix);
+    TopicAdmin::new(&config)
+        .expect("admin")
+        .ensure_topics(&topic_specs(&names, &settings, &["1m".to_owned()]))
+        .await
+        .expect("topics");
+    let writer = SubscriptionWriter::new(&config).expect("writer");
+    for index in 0..SUBSCRIBERS {
+        writer
+            .put(&Subscription {
+                id: format!("sub_{index}"),
+                account_id: "acc_crash".into(),
+                url: "https://hooks.example/crash".into(),
+                event_types: vec!["map.**".into()],
+                enabled: true,
+                version: 1,
+                ..Subscription::default()
+            })
+            .await
+            .expect("subscription");
+    }
+
+    let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config_file = dir.join("dispatchd.toml");
+    let log = dir.join("fanout.log");
+    let mut file = std::fs::File::create(&config_file).expect("config file");
+    write!(
+        file,
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+[kafka.librdkafka]
+# The killed member must leave the group quickly so the restarted one gets the partitions.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[fanout]
+group_id = "{prefix}fanout"
+transactional_id = "{prefix}fanout-1"
+batch_max_records = 200
+batch_max_ms = 20
+[metrics]
+listen = "127.0.0.1:0"
+"#,
+        bootstrap = bootstrap(),
+    )
+    .expect("write config");
+    drop(file);
+
+    let mut child = spawn_fanout(&config_file, &log);
+
+    // Publish in the background, flat out, while the fan-out runs.
+    let publisher = EventPublisher::new(&config).expect("publisher");
+    let payload_example = catalog::lookup("map.region.progress")
+        .expect("known")
+        .example_payload()
+        .expect("example");
+    let publishing = tokio::spawn(async move {
+        for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(100) {
+            let sends = chunk.iter().map(|index| {
+                let event = PublishableEvent {
+                    event: Event {
+                        id: format!("evt_{index:05}"),
+                        r#type: "map.region.progress".into(),
+                        account_id: "acc_crash".into(),
+                        occurred_at: Some(Timestamp {
+                            seconds: 1_795_730_400,
+                            nanos: 0,
+                        }),
+                        region: String::new(),
+                        attributes: Default::default(),
+                        payload: Some(payload_example.clone()),
+                    },
+                    family: Family::Map,
+                };
+                let publisher = publisher.clone();
+                async move {
+                    publisher.publish(&event).await.expect("publish");
+                }
+            });
+            futures_join_all(sends).await;
+        }
+    });
+
+    // Kill it hard once a good part of the work is in flight (uncommitted records count too).
+    let deliveries = names.deliveries();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while record_count(&config, &deliveries) < (EVENTS * SUBSCRIBERS / 3) as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the fan-out never got going; see {}",
+            log.display()
+        );
+        assert!(
+            child.try_wait().expect("child status").is_none(),
+            "fan-out exited early; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    // The restarted process must have work left: the killed one did not get to the end.
+    let image_topic = names.domain(Family::Map).expect("map topic");
+    let done_at_kill = group_committed_total(&config, &format!("{prefix}fanout"), &image_topic);
+    assert!(
+        done_at_kill < EVENTS as i64,
+        "the fan-out finished before it was killed ({done_at_kill} events); the test proves nothing"
+    );
+
+    let mut child = spawn_fanout(&config_file, &log);
+    publishing.await.expect("publisher finished");
+
+    // Everything, exactly once, as a read_committed consumer sees it; reading on a few seconds
+    // past the expected count catches extra records.
+    let expected = EVENTS * SUBSCRIBERS;
+    let records = tokio::task::spawn_blocking(move || {
+        read_expecting(
+            &config,
+            &deliveries,
+            expected,
+            Duration::from_secs(180),
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("reader");
+    child.kill().expect("stop the second fan-out");
+    child.wait().expect("reaped");
+
+    let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for record in &records {
+        let task = DeliveryTask::decode(payload(record)).expect("a DeliveryTask");
+        *pairs
+            .entry((task.event_id, task.subscription_id))
+            .or_default() += 1;
+    }
+    let duplicated: Vec<_> = pairs
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .take(5)
+        .collect();
+    assert!(duplicated.is_empty(), "duplicates: {duplicated:?}");
+    assert_eq!(
+        pairs.len(),
+        expected,
+        "missing pairs; see {}",
+        log.display()
+    );
+    assert_eq!(records.len(), expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Awaits all futures concurrently (a tiny join_all, to keep the test's dependencies small).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    for handle in handles {
+        handle.await.expect("task");
+    }
+}

@@ -1,0 +1,394 @@
+//! The fan-out against the real broker: matching by type pattern, attribute filter and account;
+//! disabled and deleted subscriptions get nothing; a subscription created after the view caught
+//! up starts receiving; bad input is quarantined with its reason and nothing stalls.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{catalog, ids, render};
+use dispatch_e2e::{kafka_config, payload, read_expecting, read_topic, unique_prefix};
+use dispatch_fanout::{Fanout, FanoutConfig};
+use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::subscription_view::SubscriptionView;
+use dispatch_kafka::subscription_writer::SubscriptionWriter;
+use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
+use dispatch_proto::dispatch::v1::{AttributeValues, DeliveryTask, Subscription};
+use dispatch_proto::events::v1::Event;
+use dispatch_proto::prost::Message as _;
+use dispatch_proto::wkt::Timestamp;
+use rdkafka::Message as _;
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn create_topics(config: &KafkaConfig) {
+    let settings = TopicSettings {
+        domain_partitions: 2,
+        delivery_partitions: 2,
+        attempts_partitions: 1,
+        dlq_partitions: 1,
+        invalid_partitions: 1,
+        ..TopicSettings::default()
+    };
+    let specs = topic_specs(
+        &TopicNames::new(&config.topic_prefix),
+        &settings,
+        &["1m".to_owned()],
+    );
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure_topics(&specs)
+        .await
+        .expect("topics");
+}
+
+fn subscription(
+    id: &str,
+    account: &str,
+    patterns: &[&str],
+    filter: &[(&str, &[&str])],
+) -> Subscription {
+    Subscription {
+        id: id.to_owned(),
+        account_id: account.to_owned(),
+        url: format!("https://hooks.example/{id}"),
+        event_types: patterns.iter().map(|p| (*p).to_owned()).collect(),
+        filter: filter
+            .iter()
+            .map(|(key, values)| {
+                (
+                    (*key).to_owned(),
+                    AttributeValues {
+                        values: values.iter().map(|v| (*v).to_owned()).collect(),
+                    },
+                )
+            })
+            .collect(),
+        enabled: true,
+        version: 1,
+        ..Subscription::default()
+    }
+}
+
+fn event(id: &str, event_type: &str, account: &str, client: &str) -> Event {
+    Event {
+        id: id.to_owned(),
+        r#type: event_type.to_owned(),
+        account_id: account.to_owned(),
+        occurred_at: Some(Timestamp {
+            seconds: 1_795_730_400,
+            nanos: 5_000_000,
+        }),
+        region: "eu-west".to_owned(),
+        attributes: [("client_id".to_owned(), client.to_owned())].into(),
+        payload: Some(
+            catalog::lookup(event_type)
+                .expect("known type")
+                .example_payload()
+                .expect("example"),
+        ),
+    }
+}
+
+/// A running fan-out and the way to stop it.
+struct RunningFanout {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<dispatch_fanout::Result<()>>,
+}
+
+impl RunningFanout {
+    async fn start(config: &KafkaConfig, view: Arc<SubscriptionView>) -> Self {
+        let kafka = config.clone();
+        let fanout_config = FanoutConfig {
+            group_id: format!("{}fanout", config.topic_prefix),
+            transactional_id: Some(format!("{}fanout-1", config.topic_prefix)),
+            batch_max_ms: 20,
+            ..FanoutConfig::default()
+        };
+        let fanout = tokio::task::spawn_blocking(move || {
+            Fanout::build(&kafka, fanout_config, Vec::<String>::new(), view)
+        })
+        .await
+        .expect("build thread")
+        .expect("fan-out builds");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(dispatch_fanout::run(fanout, async {
+            let _ = stopped.await;
+        }));
+        RunningFanout {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("fan-out stops in time")
+            .expect("fan-out task")
+            .expect("fan-out ends cleanly");
+    }
+}
+
+/// Produces a record as is and returns where it landed.
+async fn produce_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: Option<&[u8]>,
+) -> (i32, i64) {
+    let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    let delivery = producer
+        .send(record, Timeout::After(WAIT))
+        .await
+        .expect("produce");
+    (delivery.partition, delivery.offset)
+}
+
+/// Every delivery task, by event. Waits up to `timeout` for `expected` tasks, then gives extra
+/// ones a few seconds to show up: the callers assert on the exact count.
+fn tasks_by_event(
+    config: &KafkaConfig,
+    expected: usize,
+    timeout: Duration,
+) -> BTreeMap<String, Vec<DeliveryTask>> {
+    let topic = TopicNames::new(&config.topic_prefix).deliveries();
+    let records = read_expecting(config, &topic, expected, timeout, Duration::from_secs(3));
+    let mut by_event: BTreeMap<String, Vec<DeliveryTask>> = BTreeMap::new();
+    for record in records {
+        let task = DeliveryTask::decode(payload(&record)).expect("a DeliveryTask");
+        assert_eq!(
+            record.key(),
+            Some(task.subscription_id.as_bytes()),
+            "keyed by subscription"
+        );
+        by_event
+            .entry(task.event_id.clone())
+            .or_default()
+            .push(task);
+    }
+    for tasks in by_event.values_mut() {
+        tasks.sort_by(|a, b| a.subscription_id.cmp(&b.subscription_id));
+    }
+    by_event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_reaches_exactly_the_matching_subscriptions() {
+    let prefix = unique_prefix("fanout-match");
+    let config = kafka_config(&prefix);
+    create_topics(&config).await;
+    let writer = SubscriptionWriter::new(&config).expect("writer");
+
+    // Five live candidates for an image.generation.completed event of acc_1 / cli_acme:
+    let by_pattern = subscription("sub_a", "acc_1", &["image.*.completed"], &[]);
+    let by_filter = subscription(
+        "sub_b",
+        "acc_1",
+        &["image.generation.completed"],
+        &[("client_id", &["cli_acme", "cli_x"])],
+    );
+    let everything = subscription("sub_c", "acc_1", &["**"], &[]);
+    let other_account = subscription("sub_d", "acc_2", &["image.**"], &[]);
+    let other_client = subscription(
+        "sub_e",
+        "acc_1",
+        &["image.*"],
+        &[("client_id", &["cli_other"])],
+    );
+    // ... and two that must get nothing although their patterns match:
+    let mut disabled = subscription("sub_f", "acc_1", &["**"], &[]);
+    disabled.enabled = false;
+    let deleted = subscription("sub_g", "acc_1", &["**"], &[]);
+    for subscription in [
+        &by_pattern,
+        &by_filter,
+        &everything,
+        &other_account,
+        &other_client,
+        &disabled,
+        &deleted,
+    ] {
+        writer.put(subscription).await.expect("write subscription");
+    }
+    writer.delete("sub_g").await.expect("delete subscription");
+
+    let view = Arc::new(SubscriptionView::start(&config).expect("view"));
+    view.wait_caught_up(WAIT).await.expect("view catches up");
+    let fanout = RunningFanout::start(&config, Arc::clone(&view)).await;
+
+    let publisher = dispatch_kafka::publish::EventPublisher::new(&config).expect("publisher");
+    let first = event(
+        "evt_first",
+        "image.generation.completed",
+        "acc_1",
+        "cli_acme",
+    );
+    publisher
+        .publish(&dispatch_core::event_input::PublishableEvent {
+            event: first.clone(),
+            family: catalog::Family::Image,
+        })
+        .await
+        .expect("publish");
+
+    let by_event = tasks_by_event(&config, 3, Duration::from_secs(15));
+    assert_eq!(by_event.len(), 1);
+    let tasks = &by_event["evt_first"];
+    let subscribers: Vec<_> = tasks.iter().map(|t| t.subscription_id.as_str()).collect();
+    assert_eq!(subscribers, ["sub_a", "sub_b", "sub_c"]);
+    let body = render::render(&first).expect("renders");
+    for task in tasks {
+        assert_eq!(
+            task.delivery_id,
+            ids::delivery_id("evt_first", &task.subscription_id)
+        );
+        assert_eq!(task.body, body);
+        assert_eq!(task.attempt, 1);
+        assert_eq!(task.account_id, "acc_1");
+        assert_eq!(task.event_type, "image.generation.completed");
+        assert_eq!(task.occurred_at, first.occurred_at);
+    }
+
+    // A subscription created now, with the view running, receives the next event.
+    let late = subscription("sub_h", "acc_1", &["image.generation.*"], &[]);
+    let offset = writer.put(&late).await.expect("write late subscription");
+    view.wait_for_offset(offset, WAIT)
+        .await
+        .expect("view applied it");
+    let second = event(
+        "evt_second",
+        "image.generation.completed",
+        "acc_1",
+        "cli_nobody",
+    );
+    publisher
+        .publish(&dispatch_core::event_input::PublishableEvent {
+            event: second,
+            family: catalog::Family::Image,
+        })
+        .await
+        .expect("publish");
+    let by_event = tasks_by_event(&config, 6, Duration::from_secs(15));
+    assert_eq!(by_event.len(), 2);
+    let subscribers: Vec<_> = by_event["evt_second"]
+        .iter()
+        .map(|t| t.subscription_id.as_str())
+        .collect();
+    assert_eq!(subscribers, ["sub_a", "sub_c", "sub_h"]);
+    assert_eq!(by_event.values().map(Vec::len).sum::<usize>(), 6);
+
+    fanout.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() {
+    let prefix = unique_prefix("fanout-bad");
+    let config = kafka_config(&prefix);
+    create_topics(&config).await;
+    let names = TopicNames::new(&prefix);
+    SubscriptionWriter::new(&config)
+        .expect("writer")
+        .put(&subscription("sub_all", "acc_1", &["**"], &[]))
+        .await
+        .expect("subscription");
+    let view = Arc::new(SubscriptionView::start(&config).expect("view"));
+    view.wait_caught_up(WAIT).await.expect("view catches up");
+    let fanout = RunningFanout::start(&config, Arc::clone(&view)).await;
+
+    let producer: FutureProducer = config.client_config().create().expect("producer");
+    let topic = names.domain(catalog::Family::Studio).expect("studio topic");
+    let valid = |id: &str| event(id, "studio.batch.progress", "acc_1", "cli_acme");
+    let mut unknown_type = valid("evt_unknown");
+    unknown_type.r#type = "studio.exploded".into();
+    let mut mismatch = valid("evt_mismatch");
+    mismatch.r#type = "studio.campaign.completed".into();
+    let mut no_id = valid("");
+    no_id.id.clear();
+    let mut no_account = valid("evt_no_account");
+    no_account.account_id.clear();
+    let test_event = event("evt_test", "webhook.test", "acc_1", "cli_acme");
+    let garbage: Vec<(Option<Vec<u8>>, &str)> = vec![
+        (None, "undecodable"),
+        (
+            Some(b"\x08\x96\x01\xff\xff\xff\xff".to_vec()),
+            "undecodable",
+        ),
+        (Some(unknown_type.encode_to_vec()), "unknown_type"),
+        (Some(mismatch.encode_to_vec()), "payload_mismatch"),
+        (Some(no_id.encode_to_vec()), "missing_id"),
+        (Some(no_account.encode_to_vec()), "missing_account"),
+        (Some(test_event.encode_to_vec()), "not_publishable"),
+    ];
+    // Valid events before and after the garbage, on the same partition (same key): the second
+    // one is delivered only if the garbage did not stall the partition.
+    produce_raw(
+        &producer,
+        &topic,
+        "acc_1",
+        Some(&valid("evt_v1").encode_to_vec()),
+    )
+    .await;
+    let mut positions = Vec::new();
+    for (value, _) in &garbage {
+        positions.push(produce_raw(&producer, &topic, "acc_1", value.as_deref()).await);
+    }
+    produce_raw(
+        &producer,
+        &topic,
+        "acc_1",
+        Some(&valid("evt_v2").encode_to_vec()),
+    )
+    .await;
+
+    let by_event = tasks_by_event(&config, 2, Duration::from_secs(20));
+    assert_eq!(by_event.keys().collect::<Vec<_>>(), ["evt_v1", "evt_v2"]);
+
+    let invalid = read_topic(
+        &config,
+        &names.invalid(),
+        garbage.len() + 1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        invalid.len(),
+        garbage.len(),
+        "every bad record, nothing else"
+    );
+    for ((record, (value, reason)), (partition, offset)) in
+        invalid.iter().zip(&garbage).zip(&positions)
+    {
+        let headers = record.headers().expect("error headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| panic!("header {name} missing"))
+        };
+        assert_eq!(header("dispatch-error-reason"), *reason);
+        assert!(!header("dispatch-error").is_empty());
+        assert_eq!(header("dispatch-source-topic"), topic);
+        assert_eq!(header("dispatch-source-partition"), partition.to_string());
+        assert_eq!(header("dispatch-source-offset"), offset.to_string());
+        assert_eq!(
+            record.payload().map(<[u8]>::to_vec),
+            value.clone(),
+            "original bytes kept"
+        );
+        assert_eq!(record.key(), Some(&b"acc_1"[..]), "original key kept");
+    }
+    fanout.stop().await;
+}
