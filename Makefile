@@ -25,6 +25,8 @@ run: ## Start the broker, create the topics, say what to do next.
 	./target/debug/dispatchd --config $(DEV_CONFIG) topics ensure
 	@echo
 	@echo "Kafka is running on $$($(KAFKA) bootstrap) with every topic of the design."
+	@echo "Run the fan-out (metrics on http://127.0.0.1:9464/metrics):"
+	@echo "  ./target/debug/dispatchd -c $(DEV_CONFIG) fanout"
 	@echo "Publish an event:"
 	@echo "  ./target/debug/dispatchd -c $(DEV_CONFIG) publish '{\"type\":\"image.generation.started\",\"account_id\":\"acc_demo\",\"data\":{\"generation_id\":\"gen_1\"}}'"
 	@echo "Stop the broker with: make kafka-down"

@@ -395,3 +395,31 @@ mod tests {
         assert!(spec("dispatch_nonexistent_total").is_none());
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::CATALOGUE;
+
+    /// `docs/metrics.md` is what operators read: it must list exactly the catalogue.
+    #[test]
+    fn docs_list_every_metric() {
+        let docs = include_str!("../../../docs/metrics.md");
+        for spec in CATALOGUE {
+            assert!(
+                docs.contains(&format!("`{}`", spec.name)),
+                "docs/metrics.md does not list {}",
+                spec.name
+            );
+        }
+        for word in docs.split('`').skip(1).step_by(2) {
+            let is_metric_name = word.starts_with("dispatch_")
+                && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if is_metric_name {
+                assert!(
+                    CATALOGUE.iter().any(|spec| spec.name == word),
+                    "docs/metrics.md lists {word}, which is not in the catalogue"
+                );
+            }
+        }
+    }
+}

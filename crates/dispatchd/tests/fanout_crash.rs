@@ -27,7 +27,7 @@ const SUBSCRIBERS: usize = 3;
 
 /// A `dispatchd fanout` child process configured through a file (the librdkafka pass-through
 /// keys contain dots, which environment variables cannot carry).
-fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path, metrics_port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -37,6 +37,10 @@ fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path) -> Child {
         .args(["--config"])
         .arg(config_file)
         .arg("fanout")
+        .env(
+            "DISPATCH_METRICS__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -106,7 +110,7 @@ listen = "127.0.0.1:0"
     .expect("write config");
     drop(file);
 
-    let mut child = spawn_fanout(&config_file, &log);
+    let mut child = spawn_fanout(&config_file, &log, 0);
 
     // Publish in the background, flat out, while the fan-out runs.
     let publisher = EventPublisher::new(&config).expect("publisher");
@@ -167,7 +171,8 @@ listen = "127.0.0.1:0"
         "the fan-out finished before it was killed ({done_at_kill} events); the test proves nothing"
     );
 
-    let mut child = spawn_fanout(&config_file, &log);
+    let metrics_port = free_port();
+    let mut child = spawn_fanout(&config_file, &log, metrics_port);
     publishing.await.expect("publisher finished");
 
     // Everything, exactly once, as a read_committed consumer sees it; reading on a few seconds
@@ -184,8 +189,40 @@ listen = "127.0.0.1:0"
     })
     .await
     .expect("reader");
-    child.kill().expect("stop the second fan-out");
-    child.wait().expect("reaped");
+
+    // The restarted process serves its telemetry: ready, and the metrics moved.
+    let (status, body) = http_get(metrics_port, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = http_get(metrics_port, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "dispatch_view_subscriptions 3",
+        "dispatch_fanout_deliveries_produced_total{family=\"map\"}",
+        "dispatch_fanout_transactions_total{result=\"commit\"}",
+        "dispatch_fanout_commit_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    // SIGTERM: the process finishes its transaction, leaves the group and exits 0.
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(terminated.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        exit.success(),
+        "exit after SIGTERM: {exit}; see {}",
+        log.display()
+    );
 
     let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
     for record in &records {
@@ -208,6 +245,50 @@ listen = "127.0.0.1:0"
     );
     assert_eq!(records.len(), expected);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A port nothing listens on right now (the OS picks it; the child binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A minimal HTTP/1.1 GET against 127.0.0.1, retried until the server answers (it may still be
+/// starting). Returns status and body.
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .expect("send request");
+            let mut response = String::new();
+            stream
+                .read_to_string(&mut response)
+                .await
+                .expect("read response");
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(0);
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default();
+            if status == 200 || Instant::now() >= deadline {
+                return (status, body);
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing answers on port {port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Awaits all futures concurrently (a tiny join_all, to keep the test's dependencies small).
