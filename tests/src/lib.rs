@@ -4,6 +4,8 @@
 //!
 //! No test talks to a mock: if no broker answers, the tests fail and say how to start one.
 
+pub mod receiver;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

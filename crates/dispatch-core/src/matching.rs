@@ -429,14 +429,14 @@ impl SubscriptionIndex {
     /// Removes a subscription's rule; returns it if there was one.
     pub fn remove(&mut self, subscription_id: &str) -> Option<MatchRule> {
         let IndexedRule { rule, patterns } = self.rules.remove(subscription_id)?;
-        if rule.enabled {
-            if let Some(root) = self.accounts.get_mut(&rule.account_id) {
-                for pattern in &patterns {
-                    root.remove(&pattern.segments, subscription_id);
-                }
-                if root.is_empty() {
-                    self.accounts.remove(&rule.account_id);
-                }
+        if rule.enabled
+            && let Some(root) = self.accounts.get_mut(&rule.account_id)
+        {
+            for pattern in &patterns {
+                root.remove(&pattern.segments, subscription_id);
+            }
+            if root.is_empty() {
+                self.accounts.remove(&rule.account_id);
             }
         }
         Some(rule)

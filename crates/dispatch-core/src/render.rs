@@ -229,7 +229,7 @@ mod tests {
                 seconds: 1_795_730_400 + index as i64,
                 nanos: 123_000_000,
             }),
-            region: if index % 2 == 0 {
+            region: if index.is_multiple_of(2) {
                 "eu-west".to_owned()
             } else {
                 String::new()

@@ -96,6 +96,7 @@ pub fn deliveries(
                     replay_of: String::new(),
                     deferrals: 0,
                     created_at,
+                    attempts: Vec::new(),
                 },
             }
         })

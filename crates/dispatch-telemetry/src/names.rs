@@ -33,6 +33,29 @@ pub const FANOUT_BATCH_RECORDS: &str = "dispatch_fanout_batch_records";
 /// Histogram: seconds from `send_offsets_to_transaction` to a finished `commit_transaction`.
 pub const FANOUT_COMMIT_DURATION_SECONDS: &str = "dispatch_fanout_commit_duration_seconds";
 
+// --- sender -------------------------------------------------------------------------------------
+
+/// Counter, label `outcome`: delivery attempts, by outcome.
+pub const SENDER_ATTEMPTS_TOTAL: &str = "dispatch_sender_attempts_total";
+/// Histogram: seconds one attempt took, from connect to the capped response read.
+pub const SENDER_ATTEMPT_DURATION_SECONDS: &str = "dispatch_sender_attempt_duration_seconds";
+/// Histogram: seconds from the event's occurred_at to its successful delivery.
+pub const SENDER_EVENT_TO_DELIVERY_SECONDS: &str = "dispatch_sender_event_to_delivery_seconds";
+/// Gauge: webhook requests in flight in this process.
+pub const SENDER_IN_FLIGHT_REQUESTS: &str = "dispatch_sender_in_flight_requests";
+/// Counter, label `tier`: retries scheduled, by tier (`immediate` for the in-process retry).
+pub const SENDER_RETRIES_TOTAL: &str = "dispatch_sender_retries_total";
+/// Counter: deliveries sent to the dead-letter queue.
+pub const SENDER_DEAD_LETTERED_TOTAL: &str = "dispatch_sender_dead_lettered_total";
+/// Counter, label `reason`: deliveries parked on the first tier without spending an attempt (backlog full, circuit open, window full).
+pub const SENDER_DEFERRED_TOTAL: &str = "dispatch_sender_deferred_total";
+/// Gauge: endpoints whose circuit is open in this process.
+pub const SENDER_OPEN_CIRCUITS: &str = "dispatch_sender_open_circuits";
+/// Counter, label `reason`: delivery records quarantined to dispatch.invalid (undecodable).
+pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_total";
+/// Counter, label `reason`: deliveries not attempted because the subscription was deleted or disabled.
+pub const SENDER_SKIPPED_TOTAL: &str = "dispatch_sender_skipped_total";
+
 // --- Kafka clients (every role) -----------------------------------------------------------------
 
 /// Gauge, labels `group`, `topic`, `partition`: consumer lag from librdkafka statistics.
@@ -150,6 +173,76 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "seconds",
         labels: &[],
         help: "Seconds from sending offsets to the transaction to a finished commit.",
+    },
+    MetricSpec {
+        name: SENDER_ATTEMPTS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "attempts",
+        labels: &["outcome"],
+        help: "Delivery attempts, by outcome.",
+    },
+    MetricSpec {
+        name: SENDER_ATTEMPT_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: "seconds",
+        labels: &[],
+        help: "Seconds one attempt took, from connect to the capped response read.",
+    },
+    MetricSpec {
+        name: SENDER_EVENT_TO_DELIVERY_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: "seconds",
+        labels: &[],
+        help: "Seconds from the event's occurred_at to its successful delivery.",
+    },
+    MetricSpec {
+        name: SENDER_IN_FLIGHT_REQUESTS,
+        kind: MetricKind::Gauge,
+        unit: "requests",
+        labels: &[],
+        help: "Webhook requests in flight in this process.",
+    },
+    MetricSpec {
+        name: SENDER_RETRIES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "retries",
+        labels: &["tier"],
+        help: "Retries scheduled, by tier (`immediate` for the in-process retry).",
+    },
+    MetricSpec {
+        name: SENDER_DEAD_LETTERED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "deliveries",
+        labels: &[],
+        help: "Deliveries sent to the dead-letter queue.",
+    },
+    MetricSpec {
+        name: SENDER_DEFERRED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "deliveries",
+        labels: &["reason"],
+        help: "Deliveries parked on the first tier without spending an attempt (backlog full, circuit open, window full).",
+    },
+    MetricSpec {
+        name: SENDER_OPEN_CIRCUITS,
+        kind: MetricKind::Gauge,
+        unit: "circuits",
+        labels: &[],
+        help: "Endpoints whose circuit is open in this process.",
+    },
+    MetricSpec {
+        name: SENDER_RECORDS_INVALID_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "records",
+        labels: &["reason"],
+        help: "Delivery records quarantined to dispatch.invalid (undecodable).",
+    },
+    MetricSpec {
+        name: SENDER_SKIPPED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "deliveries",
+        labels: &["reason"],
+        help: "Deliveries not attempted because the subscription was deleted or disabled.",
     },
     MetricSpec {
         name: KAFKA_CONSUMER_LAG_RECORDS,

@@ -1,0 +1,859 @@
+//! The delivery engine: one consumer (group `dispatch-sender`) over `dispatch.deliveries`, the
+//! configured lanes and every retry tier; per-endpoint queues so endpoints of one partition
+//! never wait for each other; offsets stored only up to the lowest unfinished record.
+//!
+//! One task (the loop in [`Engine::run`]) owns the queues and decides what runs; every attempt
+//! runs in its own task, produces what it led to, finishes its source offset itself (through the
+//! shared [`PartitionOffsets`]) and reports back so the loop can release the endpoint's next
+//! delivery. Offsets live behind a mutex shared with the consumer's rebalance callback, which
+//! can then wait for in-flight attempts of revoked partitions and commit exactly what finished.
+//!
+//! A retry-tier record that is not due yet is held: its partition is paused (the loop keeps
+//! polling), records librdkafka had already fetched for it are dropped, and when the held
+//! record is due the partition is sought back to just after it and resumed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use dispatch_core::timestamp;
+use dispatch_kafka::subscription_view::SubscriptionView;
+use dispatch_proto::dispatch::v1::next_action::{Action, Done};
+use dispatch_proto::dispatch::v1::{
+    AttemptOutcome, AttemptRecord, DeadLetter, DeliveryTask, NextAction, Subscription,
+};
+use dispatch_proto::prost::Message as _;
+use dispatch_telemetry::names;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::attempt::{self, AttemptContext, DeliveryEnd};
+use crate::endpoint::{EndpointConfig, EndpointLimits, EndpointQueue};
+use crate::offsets::PartitionOffsets;
+use crate::{Error, Result};
+
+/// The `[sender]` configuration table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Consumer group of the sender processes.
+    pub group_id: String,
+    /// Most webhook requests in flight in this process, all endpoints together.
+    pub max_concurrent_requests: usize,
+    /// Most taken-but-unfinished records per partition; past it, new records of the partition
+    /// are deferred to the first tier (this bounds what a crash makes the next owner redo).
+    pub max_uncommitted_per_partition: usize,
+    /// How long a revoke or shutdown waits for in-flight attempts, in milliseconds (keep it
+    /// under the group's session timeout and the pod's termination grace period).
+    pub drain_timeout_ms: u64,
+    /// Per-endpoint limits and the circuit breaker.
+    pub endpoint: EndpointConfig,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            group_id: "dispatch-sender".to_owned(),
+            max_concurrent_requests: 512,
+            max_uncommitted_per_partition: 10_000,
+            drain_timeout_ms: 25_000,
+            endpoint: EndpointConfig::default(),
+        }
+    }
+}
+
+impl SenderConfig {
+    /// Checks the settings, naming the first bad key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.group_id.trim().is_empty() {
+            return Err("sender.group_id: must not be empty".to_owned());
+        }
+        if !(1..=100_000).contains(&self.max_concurrent_requests) {
+            return Err(format!(
+                "sender.max_concurrent_requests: must be between 1 and 100000, got {}",
+                self.max_concurrent_requests
+            ));
+        }
+        if self.max_uncommitted_per_partition == 0 {
+            return Err("sender.max_uncommitted_per_partition: must be positive".to_owned());
+        }
+        if self.drain_timeout_ms == 0 {
+            return Err("sender.drain_timeout_ms: must be positive".to_owned());
+        }
+        self.endpoint
+            .validate()
+            .map_err(|e| format!("sender.endpoint.{e}"))
+    }
+}
+
+/// Offsets and in-flight counts shared by the loop, the attempt tasks and the rebalance
+/// callback.
+#[derive(Default)]
+struct SharedOffsets {
+    offsets: PartitionOffsets,
+    /// Attempts running per partition (taken records that are queued are not counted: a revoke
+    /// simply drops them).
+    running: HashMap<(String, i32), usize>,
+    /// Partitions revoked since the loop last looked; it purges their queued records.
+    revoked: Vec<(String, i32)>,
+}
+
+/// The consumer's context: rebalance handling.
+struct SenderContext {
+    shared: Arc<Mutex<SharedOffsets>>,
+    drain_timeout: Duration,
+}
+
+impl ClientContext for SenderContext {}
+
+fn lock(shared: &Mutex<SharedOffsets>) -> MutexGuard<'_, SharedOffsets> {
+    // A poisoned lock means an attempt task panicked mid-update; the data is still the best
+    // we have, and refusing it would stop every delivery.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ConsumerContext for SenderContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else {
+            return;
+        };
+        let revoked: Vec<(String, i32)> = partitions
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        // Give running attempts of the revoked partitions until the deadline; queued ones are
+        // dropped (the next owner reads them again).
+        let deadline = Instant::now() + self.drain_timeout;
+        loop {
+            let running: usize = {
+                let shared = lock(&self.shared);
+                revoked
+                    .iter()
+                    .map(|key| shared.running.get(key).copied().unwrap_or(0))
+                    .sum()
+            };
+            if running == 0 || Instant::now() >= deadline {
+                if running > 0 {
+                    warn!(
+                        running,
+                        "revoke deadline passed with attempts still running; the next owner repeats them"
+                    );
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        {
+            let mut shared = lock(&self.shared);
+            for (topic, partition) in &revoked {
+                shared.offsets.revoke(topic, *partition);
+                shared.running.remove(&(topic.clone(), *partition));
+            }
+            shared.revoked.extend(revoked.iter().cloned());
+        }
+        // Commit exactly what finished (the stored offsets).
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(%error, "commit on revoke");
+        }
+        info!(partitions = revoked.len(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            let mut shared = lock(&self.shared);
+            for element in partitions.elements() {
+                shared.offsets.assign(element.topic(), element.partition());
+            }
+            info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}
+
+/// A task waiting in its endpoint's queue, with where it came from.
+#[derive(Debug, Clone)]
+struct Pending {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    task: DeliveryTask,
+}
+
+/// A retry-tier record that is not due yet.
+#[derive(Debug)]
+struct Held {
+    pending: Pending,
+    due: SystemTime,
+}
+
+/// An attempt task reporting back.
+#[derive(Debug)]
+struct Completion {
+    subscription_id: String,
+    end: Option<DeliveryEnd>,
+}
+
+/// The sender: build it, then [`run`](Self::run) it.
+pub struct Engine {
+    consumer: Arc<StreamConsumer<SenderContext>>,
+    ctx: AttemptContext,
+    view: Arc<SubscriptionView>,
+    shared: Arc<Mutex<SharedOffsets>>,
+    config: SenderConfig,
+    tier_topics: BTreeSet<String>,
+    first_tier_topic: Option<String>,
+    endpoints: HashMap<String, EndpointQueue<Pending>>,
+    dirty: HashSet<String>,
+    held: HashMap<(String, i32), Held>,
+    semaphore: Arc<Semaphore>,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+    completions: mpsc::UnboundedReceiver<Completion>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Creates the consumer and subscribes to deliveries, `lanes` and every tier of the
+    /// schedule.
+    pub fn build(
+        kafka: &dispatch_kafka::KafkaConfig,
+        config: SenderConfig,
+        lanes: &[String],
+        ctx: AttemptContext,
+        view: Arc<SubscriptionView>,
+    ) -> Result<Self> {
+        let shared = Arc::new(Mutex::new(SharedOffsets::default()));
+        let consumer: StreamConsumer<SenderContext> = kafka
+            .client_config()
+            .set("group.id", &config.group_id)
+            // Offsets are stored by us when a record is finished and committed by librdkafka
+            // periodically, plus synchronously on revoke and shutdown.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .create_with_context(SenderContext {
+                shared: Arc::clone(&shared),
+                drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            })
+            .map_err(Error::Kafka)?;
+        let names = &ctx.names;
+        let tier_topics: BTreeSet<String> = ctx
+            .schedule
+            .tiers()
+            .iter()
+            .map(|tier| names.retry_tier(tier.name()))
+            .collect();
+        let first_tier_topic = ctx
+            .schedule
+            .tiers()
+            .first()
+            .map(|tier| names.retry_tier(tier.name()));
+        let mut topics = vec![names.deliveries()];
+        topics.extend(lanes.iter().map(|lane| names.lane(lane)));
+        topics.extend(tier_topics.iter().cloned());
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs).map_err(Error::Kafka)?;
+        info!(?topics, "sender subscribed");
+        let (completions_tx, completions) = mpsc::unbounded_channel();
+        Ok(Engine {
+            consumer: Arc::new(consumer),
+            semaphore: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            ctx,
+            view,
+            shared,
+            config,
+            tier_topics,
+            first_tier_topic,
+            endpoints: HashMap::new(),
+            dirty: HashSet::new(),
+            held: HashMap::new(),
+            completions_tx,
+            completions,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains in-flight attempts (until the drain
+    /// deadline) and commits what finished.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let consumer = Arc::clone(&self.consumer);
+        loop {
+            let wake = self.next_wakeup();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(completion) = self.completions.recv() => self.on_completion(completion),
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        let pending = self.take(&message);
+                        drop(message);
+                        if let Some((pending, tier_record)) = pending {
+                            self.on_record(pending, tier_record);
+                        }
+                    }
+                    Err(error) => warn!(%error, "consumer error"),
+                },
+                () = sleep_until(wake) => self.mark_waiting_endpoints(),
+            }
+            self.purge_revoked();
+            self.release_due();
+            self.dispatch_ready();
+        }
+        self.drain().await;
+        Ok(())
+    }
+
+    /// Registers a record as taken and decodes it; `None` when it needs no further work here
+    /// (dropped refetch, quarantined).
+    fn take(&mut self, message: &BorrowedMessage<'_>) -> Option<(Pending, bool)> {
+        let topic = message.topic().to_owned();
+        let partition = message.partition();
+        let offset = message.offset();
+        // A paused partition may still hand over records fetched before the pause; they are
+        // read again after the held record is released.
+        if let Some(held) = self.held.get(&(topic.clone(), partition))
+            && offset > held.pending.offset
+        {
+            return None;
+        }
+        {
+            let mut shared = lock(&self.shared);
+            shared.offsets.assign(&topic, partition);
+            if let Err(error) = shared.offsets.take(&topic, partition, offset) {
+                debug!(%error, topic, partition, offset, "record not taken");
+                return None;
+            }
+        }
+        match message.payload().map(DeliveryTask::decode) {
+            Some(Ok(task)) => Some((
+                Pending {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                    task,
+                },
+                self.tier_topics.contains(&topic),
+            )),
+            other => {
+                let error = match other {
+                    Some(Err(e)) => format!("not a posternity.dispatch.v1.DeliveryTask: {e}"),
+                    _ => "the record has no value".to_owned(),
+                };
+                self.quarantine(message, &error);
+                None
+            }
+        }
+    }
+
+    fn quarantine(&self, message: &BorrowedMessage<'_>, error: &str) {
+        metrics::counter!(names::SENDER_RECORDS_INVALID_TOTAL, "reason" => "undecodable")
+            .increment(1);
+        warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            error,
+            "quarantining an invalid delivery record"
+        );
+        let ctx = self.ctx.clone();
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        let (topic, partition, offset) = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        let key = message.key().map(<[u8]>::to_vec);
+        let value = message.payload().map(<[u8]>::to_vec);
+        let error = error.to_owned();
+        tokio::spawn(async move {
+            let invalid = ctx.names.invalid();
+            let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "dispatch-error-reason",
+                    value: Some("undecodable"),
+                })
+                .insert(Header {
+                    key: "dispatch-error",
+                    value: Some(error.as_str()),
+                })
+                .insert(Header {
+                    key: "dispatch-source-topic",
+                    value: Some(topic.as_str()),
+                })
+                .insert(Header {
+                    key: "dispatch-source-partition",
+                    value: Some(partition_text.as_str()),
+                })
+                .insert(Header {
+                    key: "dispatch-source-offset",
+                    value: Some(offset_text.as_str()),
+                });
+            loop {
+                let mut record = FutureRecord::<[u8], [u8]>::to(&invalid).headers(headers.clone());
+                if let Some(key) = &key {
+                    record = record.key(key);
+                }
+                if let Some(value) = &value {
+                    record = record.payload(value);
+                }
+                match ctx.producer.send(record, Timeout::Never).await {
+                    Ok(_) => break,
+                    Err((error, _)) => {
+                        warn!(%error, "quarantine produce failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            finish(&shared, &consumer, &topic, partition, offset);
+        });
+    }
+
+    fn on_record(&mut self, pending: Pending, tier_record: bool) {
+        if tier_record
+            && let Some(due) = pending
+                .task
+                .not_before
+                .as_ref()
+                .and_then(timestamp::to_system_time)
+            && due > SystemTime::now()
+        {
+            // Hold the head of this tier partition until it is due.
+            let key = (pending.topic.clone(), pending.partition);
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&pending.topic, pending.partition);
+            if let Err(error) = self.consumer.pause(&list) {
+                warn!(%error, "pause failed");
+            }
+            self.held.insert(key, Held { pending, due });
+            return;
+        }
+        self.accept(pending);
+    }
+
+    /// Releases held tier records that are due: seek back to just after them, resume.
+    fn release_due(&mut self) {
+        let now = SystemTime::now();
+        let due: Vec<(String, i32)> = self
+            .held
+            .iter()
+            .filter(|(_, held)| held.due <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some(held) = self.held.remove(&key) else {
+                continue;
+            };
+            let (topic, partition) = key;
+            // Pause came before; seek before resume, so fetched-and-dropped records are read again.
+            if let Err(error) = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(held.pending.offset + 1),
+                Duration::from_secs(5),
+            ) {
+                warn!(%error, topic, partition, "seek after hold failed");
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            if let Err(error) = self.consumer.resume(&list) {
+                warn!(%error, "resume failed");
+            }
+            self.accept(held.pending);
+        }
+    }
+
+    /// Decides what to do with a due task: skip (deleted), dead-letter (disabled), defer
+    /// (window, circuit, backlog) or queue it on its endpoint.
+    fn accept(&mut self, pending: Pending) {
+        let subscription = self
+            .view
+            .read(|table| table.get(&pending.task.subscription_id).cloned());
+        let Some(subscription) = subscription else {
+            self.skip(pending, "deleted");
+            return;
+        };
+        if !subscription.enabled {
+            self.dead_letter_disabled(pending, &subscription);
+            return;
+        }
+        let window = {
+            let shared = lock(&self.shared);
+            shared
+                .offsets
+                .get(&pending.topic, pending.partition)
+                .map(|tracker| tracker.uncommitted_window())
+                .unwrap_or(0)
+        };
+        let now = Instant::now();
+        let config = &self.config.endpoint;
+        let queue = self
+            .endpoints
+            .entry(subscription.id.clone())
+            .or_insert_with(|| EndpointQueue::new(config, EndpointLimits::of(&subscription)));
+        queue.set_limits(config, EndpointLimits::of(&subscription));
+        let reason = if window > self.config.max_uncommitted_per_partition {
+            Some("window")
+        } else if queue.is_open(now) {
+            Some("circuit")
+        } else {
+            None
+        };
+        let pending = match reason {
+            Some(reason) => {
+                self.defer(pending, reason);
+                return;
+            }
+            None => match queue.push(pending) {
+                Ok(()) => {
+                    self.dirty.insert(subscription.id.clone());
+                    return;
+                }
+                Err(overflow) => overflow.into_inner(),
+            },
+        };
+        self.defer(pending, "backlog");
+    }
+
+    /// Parks a task on the first tier without spending an attempt.
+    fn defer(&mut self, pending: Pending, reason: &'static str) {
+        let Some(tier_topic) = self.first_tier_topic.clone() else {
+            // No tier to park on: keep it in memory, past the limits.
+            if let Some(queue) = self.endpoints.get_mut(&pending.task.subscription_id) {
+                let id = pending.task.subscription_id.clone();
+                if queue.push(pending).is_ok() {
+                    self.dirty.insert(id);
+                }
+            }
+            return;
+        };
+        metrics::counter!(names::SENDER_DEFERRED_TOTAL, "reason" => reason).increment(1);
+        let ctx = self.ctx.clone();
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        tokio::spawn(async move {
+            let Pending {
+                topic,
+                partition,
+                offset,
+                mut task,
+            } = pending;
+            let now = SystemTime::now();
+            let first_seen = task
+                .first_attempt_at
+                .as_ref()
+                .or(task.created_at.as_ref())
+                .and_then(timestamp::to_system_time)
+                .unwrap_or(now);
+            let expired = ctx.schedule.expired(first_seen, now);
+            // The rng is not Send: draw before any await.
+            let deferral = ctx.schedule.defer(now, &mut rand::rng());
+            if let Some(dead) = expired {
+                let letter = DeadLetter {
+                    attempts: task.attempts.clone(),
+                    reason: format!("{dead} (deferred {} times)", task.deferrals),
+                    dead_at: Some(timestamp::from_system_time(now)),
+                    task: Some(task.clone()),
+                };
+                attempt::produce(
+                    &ctx,
+                    &ctx.names.dlq(),
+                    &task.delivery_id,
+                    letter.encode_to_vec(),
+                )
+                .await;
+                metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
+            } else if let Some(deferral) = deferral {
+                task.deferrals += 1;
+                task.not_before = Some(timestamp::from_system_time(deferral.not_before));
+                attempt::produce(
+                    &ctx,
+                    &tier_topic,
+                    &task.subscription_id,
+                    task.encode_to_vec(),
+                )
+                .await;
+            }
+            finish(&shared, &consumer, &topic, partition, offset);
+        });
+    }
+
+    fn skip(&mut self, pending: Pending, reason: &'static str) {
+        metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => reason).increment(1);
+        let ctx = self.ctx.clone();
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        tokio::spawn(async move {
+            let task = &pending.task;
+            let record = AttemptRecord {
+                delivery_id: task.delivery_id.clone(),
+                event_id: task.event_id.clone(),
+                subscription_id: task.subscription_id.clone(),
+                account_id: task.account_id.clone(),
+                event_type: task.event_type.clone(),
+                attempt: task.attempt,
+                started_at: Some(timestamp::from_system_time(SystemTime::now())),
+                outcome: AttemptOutcome::Skipped as i32,
+                error: format!("not attempted: the subscription was {reason}"),
+                next_action: Some(NextAction {
+                    action: Some(Action::Done(Done {})),
+                }),
+                replay_of: task.replay_of.clone(),
+                ..AttemptRecord::default()
+            };
+            attempt::produce(
+                &ctx,
+                &ctx.names.attempts(),
+                &task.subscription_id,
+                record.encode_to_vec(),
+            )
+            .await;
+            finish(
+                &shared,
+                &consumer,
+                &pending.topic,
+                pending.partition,
+                pending.offset,
+            );
+        });
+    }
+
+    /// A disabled subscription's deliveries are kept in the DLQ (replayable once re-enabled),
+    /// never dropped silently.
+    fn dead_letter_disabled(&mut self, pending: Pending, subscription: &Subscription) {
+        metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => "disabled").increment(1);
+        let reason = format!("subscription disabled: {}", subscription.disabled_reason);
+        let ctx = self.ctx.clone();
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        tokio::spawn(async move {
+            let letter = DeadLetter {
+                attempts: pending.task.attempts.clone(),
+                reason,
+                dead_at: Some(timestamp::from_system_time(SystemTime::now())),
+                task: Some(pending.task.clone()),
+            };
+            attempt::produce(
+                &ctx,
+                &ctx.names.dlq(),
+                &pending.task.delivery_id,
+                letter.encode_to_vec(),
+            )
+            .await;
+            metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
+            finish(
+                &shared,
+                &consumer,
+                &pending.topic,
+                pending.partition,
+                pending.offset,
+            );
+        });
+    }
+
+    /// Starts attempts for endpoints that may have work, within the global concurrency limit.
+    fn dispatch_ready(&mut self) {
+        let now = Instant::now();
+        let dirty: Vec<String> = self.dirty.drain().collect();
+        for subscription_id in dirty {
+            let Some(queue) = self.endpoints.get_mut(&subscription_id) else {
+                continue;
+            };
+            loop {
+                let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() else {
+                    // Out of global capacity: look again when an attempt completes.
+                    self.dirty.insert(subscription_id.clone());
+                    break;
+                };
+                let Some(pending) = queue.next_ready(now) else {
+                    break;
+                };
+                let subscription = self.view.read(|table| table.get(&subscription_id).cloned());
+                let ctx = self.ctx.clone();
+                let shared = Arc::clone(&self.shared);
+                let consumer = Arc::clone(&self.consumer);
+                let completions = self.completions_tx.clone();
+                let key = (pending.topic.clone(), pending.partition);
+                *lock(&self.shared).running.entry(key.clone()).or_default() += 1;
+                let id = subscription_id.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let end = match subscription {
+                        Some(subscription) => {
+                            Some(attempt::deliver(&ctx, pending.task, &subscription).await)
+                        }
+                        None => None,
+                    };
+                    {
+                        let mut guard = lock(&shared);
+                        if let Some(running) = guard.running.get_mut(&key) {
+                            *running = running.saturating_sub(1);
+                        }
+                    }
+                    finish(
+                        &shared,
+                        &consumer,
+                        &pending.topic,
+                        pending.partition,
+                        pending.offset,
+                    );
+                    let _ = completions.send(Completion {
+                        subscription_id: id,
+                        end,
+                    });
+                });
+            }
+        }
+        let open = self.endpoints.values().filter(|q| q.is_open(now)).count();
+        metrics::gauge!(names::SENDER_OPEN_CIRCUITS).set(open as f64);
+    }
+
+    fn on_completion(&mut self, completion: Completion) {
+        let now = Instant::now();
+        if let Some(queue) = self.endpoints.get_mut(&completion.subscription_id) {
+            let result = match completion.end {
+                Some(DeliveryEnd::Delivered) => queue.complete(true, now).map(|_| ()),
+                Some(DeliveryEnd::Failed) => queue.complete(false, now).map(|_| ()),
+                None => queue.abandon(),
+            };
+            if result.is_err() {
+                debug!(subscription_id = %completion.subscription_id, "completion without an attempt in flight");
+            }
+            if queue.is_open(now) {
+                // The circuit opened: what waits here is deferred rather than held in memory.
+                let waiting: Vec<Pending> = queue.drain().collect();
+                for pending in waiting {
+                    self.defer(pending, "circuit");
+                }
+            }
+            self.dirty.insert(completion.subscription_id);
+        }
+    }
+
+    /// Endpoints with waiting items whose limits may have lifted (rate limit, circuit).
+    fn mark_waiting_endpoints(&mut self) {
+        for (id, queue) in &self.endpoints {
+            if !queue.is_empty() {
+                self.dirty.insert(id.clone());
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let system_now = SystemTime::now();
+        let held = self
+            .held
+            .values()
+            .map(|held| now + held.due.duration_since(system_now).unwrap_or_default());
+        let endpoints = self
+            .endpoints
+            .values()
+            .filter(|q| !q.is_empty())
+            .filter_map(|q| q.ready_at(now));
+        held.chain(endpoints).min()
+    }
+
+    /// Drops queued and held records of partitions revoked meanwhile: their next owner reads
+    /// them from the committed offset.
+    fn purge_revoked(&mut self) {
+        let revoked: Vec<(String, i32)> = std::mem::take(&mut lock(&self.shared).revoked);
+        if revoked.is_empty() {
+            return;
+        }
+        let revoked: HashSet<(String, i32)> = revoked.into_iter().collect();
+        self.held.retain(|key, _| !revoked.contains(key));
+        for queue in self.endpoints.values_mut() {
+            let kept: Vec<Pending> = queue
+                .drain()
+                .filter(|p| !revoked.contains(&(p.topic.clone(), p.partition)))
+                .collect();
+            for pending in kept {
+                // Fits: it was in the queue a moment ago.
+                let _ = queue.push(pending);
+            }
+        }
+    }
+
+    /// Shutdown: stop taking records, wait for running attempts until the deadline, commit.
+    async fn drain(mut self) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.drain_timeout_ms);
+        let capacity = self.config.max_concurrent_requests;
+        while self.semaphore.available_permits() < capacity {
+            tokio::select! {
+                _ = self.completions.recv() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!("drain deadline passed with attempts running; they are repeated after restart");
+                    break;
+                }
+            }
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+        match committed {
+            Ok(Ok(())) => info!("sender stopped; finished offsets committed"),
+            Ok(Err(KafkaError::ConsumerCommit(code))) => {
+                debug!(?code, "nothing to commit at shutdown")
+            }
+            Ok(Err(error)) => warn!(%error, "final commit failed"),
+            Err(error) => warn!(%error, "final commit task failed"),
+        }
+    }
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Finishes a record's offset and stores the new commit position, if it moved.
+fn finish(
+    shared: &Mutex<SharedOffsets>,
+    consumer: &StreamConsumer<SenderContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    let position = lock(shared).offsets.finish(topic, partition, offset);
+    match position {
+        Ok(Some(position)) => {
+            let mut list = TopicPartitionList::new();
+            if list
+                .add_partition_offset(topic, partition, Offset::Offset(position))
+                .is_ok()
+                && let Err(error) = consumer.store_offsets(&list)
+            {
+                debug!(%error, topic, partition, "store offset (partition revoked?)");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => debug!(%error, "finish after revoke"),
+    }
+}

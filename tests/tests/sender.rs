@@ -1,0 +1,382 @@
+//! The delivery engine against the real broker and real HTTP receivers on 127.0.0.1: signed
+//! delivery and its attempt record; the whole retry schedule (in seconds) ending in the DLQ;
+//! 410 Gone disabling the subscription; no head-of-line blocking on a shared partition.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dispatch_core::retry::{HumanDuration, RetryConfig, RetrySchedule};
+use dispatch_core::signing::{self, ReceivedHeaders, SigningSecret};
+use dispatch_core::{catalog, ids, render, timestamp};
+use dispatch_e2e::receiver::{Receiver, Script};
+use dispatch_e2e::{kafka_config, payload, read_expecting, unique_prefix};
+use dispatch_http::{HttpConfig, WebhookClient};
+use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::subscription_view::SubscriptionView;
+use dispatch_kafka::subscription_writer::SubscriptionWriter;
+use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
+use dispatch_proto::dispatch::v1::next_action::Action;
+use dispatch_proto::dispatch::v1::{
+    AttemptOutcome, AttemptRecord, DeadLetter, DeliveryTask, SigningSecret as SecretRecord,
+    Subscription,
+};
+use dispatch_proto::events::v1::Event;
+use dispatch_proto::prost::Message as _;
+use dispatch_proto::wkt::Timestamp;
+use dispatch_sender::attempt::AttemptContext;
+use dispatch_sender::engine::{Engine, SenderConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running sender on its own topics, and what the test needs around it.
+struct Harness {
+    config: KafkaConfig,
+    names: TopicNames,
+    writer: SubscriptionWriter,
+    view: Arc<SubscriptionView>,
+    producer: FutureProducer,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<dispatch_sender::Result<()>>>,
+}
+
+impl Harness {
+    /// Topics (one delivery partition, so every subscription shares it), a view, and a sender
+    /// with the given delays between attempts and HTTP timeout.
+    async fn start(name: &str, delays_secs: &[u64], http_timeout: Duration) -> Self {
+        let prefix = unique_prefix(name);
+        let config = kafka_config(&prefix);
+        let names = TopicNames::new(&prefix);
+        let retry = RetryConfig {
+            delays: delays_secs
+                .iter()
+                .map(|s| HumanDuration(Duration::from_secs(*s)))
+                .collect(),
+            jitter: 0.0,
+            ..RetryConfig::default()
+        };
+        let schedule = RetrySchedule::new(retry).expect("valid schedule");
+        let tiers: Vec<String> = schedule
+            .tiers()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect();
+        let settings = TopicSettings {
+            domain_partitions: 1,
+            delivery_partitions: 1,
+            attempts_partitions: 1,
+            dlq_partitions: 1,
+            invalid_partitions: 1,
+            ..TopicSettings::default()
+        };
+        TopicAdmin::new(&config)
+            .expect("admin")
+            .ensure_topics(&topic_specs(&names, &settings, &tiers))
+            .await
+            .expect("topics");
+        let view = Arc::new(SubscriptionView::start(&config).expect("view"));
+        view.wait_caught_up(WAIT).await.expect("view caught up");
+        let http = HttpConfig {
+            timeout_ms: http_timeout.as_millis() as u64,
+            connect_timeout_ms: http_timeout.as_millis() as u64,
+            allow_http: true,
+            allow_addresses: vec!["127.0.0.1/32".to_owned()],
+            ..HttpConfig::default()
+        };
+        let ctx = AttemptContext {
+            client: WebhookClient::new(&http).expect("client"),
+            schedule,
+            producer: config.reliable_producer().expect("producer"),
+            names: names.clone(),
+            subscriptions: Arc::new(SubscriptionWriter::new(&config).expect("writer")),
+        };
+        let sender_config = SenderConfig {
+            group_id: format!("{prefix}sender"),
+            // Stopping the harness need not wait for hanging requests.
+            drain_timeout_ms: 3_000,
+            ..SenderConfig::default()
+        };
+        let engine =
+            Engine::build(&config, sender_config, &[], ctx, Arc::clone(&view)).expect("engine");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(engine.run(stop.clone()));
+        Harness {
+            writer: SubscriptionWriter::new(&config).expect("writer"),
+            producer: config.reliable_producer().expect("producer"),
+            config,
+            names,
+            view,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Writes a subscription to `url` with a fresh secret and waits until the view has it.
+    async fn subscribe(&self, id: &str, url: &str) -> SigningSecret {
+        let secret = SigningSecret::generate(&mut rand::rng());
+        let subscription = Subscription {
+            id: id.to_owned(),
+            account_id: "acc_1".into(),
+            url: url.to_owned(),
+            event_types: vec!["**".into()],
+            secrets: vec![SecretRecord {
+                secret: secret.as_str().to_owned(),
+                created_at: None,
+                expires_at: None,
+            }],
+            enabled: true,
+            version: 1,
+            ..Subscription::default()
+        };
+        let offset = self.writer.put(&subscription).await.expect("subscription");
+        self.view
+            .wait_for_offset(offset, WAIT)
+            .await
+            .expect("view has it");
+        secret
+    }
+
+    /// Produces a delivery task of a fresh event for `subscription_id`; returns the task.
+    async fn deliver(&self, subscription_id: &str, event_id: &str) -> DeliveryTask {
+        let event = Event {
+            id: event_id.to_owned(),
+            r#type: "studio.review.requested".into(),
+            account_id: "acc_1".into(),
+            occurred_at: Some(timestamp::from_system_time(SystemTime::now())),
+            region: String::new(),
+            attributes: Default::default(),
+            payload: Some(
+                catalog::lookup("studio.review.requested")
+                    .expect("known")
+                    .example_payload()
+                    .expect("example"),
+            ),
+        };
+        let task = DeliveryTask {
+            delivery_id: ids::delivery_id(event_id, subscription_id),
+            event_id: event_id.to_owned(),
+            event_type: event.r#type.clone(),
+            subscription_id: subscription_id.to_owned(),
+            account_id: "acc_1".into(),
+            attempt: 1,
+            body: render::render(&event).expect("renders"),
+            occurred_at: event.occurred_at,
+            created_at: Some(Timestamp::default()),
+            ..DeliveryTask::default()
+        };
+        let value = task.encode_to_vec();
+        self.producer
+            .send(
+                FutureRecord::to(&self.names.deliveries())
+                    .key(subscription_id)
+                    .payload(&value),
+                Timeout::After(WAIT),
+            )
+            .await
+            .expect("produce the task");
+        task
+    }
+
+    fn read<T: dispatch_proto::prost::Message + Default>(
+        &self,
+        topic: &str,
+        expected: usize,
+    ) -> Vec<T> {
+        read_expecting(&self.config, topic, expected, WAIT, Duration::from_secs(2))
+            .iter()
+            .map(|record| T::decode(payload(record)).expect("decodes"))
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("sender stops in time")
+                .expect("sender task")
+                .expect("sender ends cleanly");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_is_one_signed_attempt_and_a_success_record() {
+    let harness = Harness::start("sender-ok", &[0, 1], Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    let secret = harness.subscribe("sub_ok", &receiver.url("/ok")).await;
+    let task = harness.deliver("sub_ok", "evt_ok").await;
+
+    let received = receiver.wait_for("/ok", 1, WAIT).await;
+    assert_eq!(received.len(), 1);
+    let request = &received[0];
+    assert_eq!(request.body.as_ref(), task.body.as_slice());
+    assert_eq!(request.headers["webhook-id"], "evt_ok");
+    assert_eq!(request.headers["content-type"], "application/json");
+    assert_eq!(request.headers["posternity-delivery-id"], task.delivery_id);
+    assert_eq!(request.headers["posternity-attempt"], "1");
+    let headers =
+        ReceivedHeaders::from_lookup(|name| request.headers.get(name).map(String::as_str));
+    signing::verify(
+        &secret,
+        &headers,
+        &request.body,
+        SystemTime::now(),
+        signing::DEFAULT_TOLERANCE,
+    )
+    .expect("the signature verifies with the subscription's secret");
+
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 1);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Success as i32);
+    assert_eq!(attempts[0].status_code, 200);
+    assert!(matches!(
+        attempts[0]
+            .next_action
+            .as_ref()
+            .and_then(|a| a.action.as_ref()),
+        Some(Action::Done(_))
+    ));
+    // Nothing more arrives.
+    assert_eq!(
+        receiver
+            .wait_for("/ok", 2, Duration::from_secs(2))
+            .await
+            .len(),
+        1
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_500_runs_the_whole_schedule_then_dead_letters() {
+    let delays = [0, 1, 2, 3, 4];
+    let harness = Harness::start("sender-500", &delays, Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/fail", Script::status(500));
+    harness.subscribe("sub_fail", &receiver.url("/fail")).await;
+    harness.deliver("sub_fail", "evt_fail").await;
+
+    let received = receiver.wait_for("/fail", 6, WAIT).await;
+    assert_eq!(received.len(), 6, "attempt 1 + 5 retries");
+    for (index, delay) in delays.iter().enumerate() {
+        let gap = received[index + 1].at.duration_since(received[index].at);
+        let expected = Duration::from_secs(*delay);
+        // Never early; late by at most the polling and produce/consume round trips.
+        assert!(
+            gap + Duration::from_millis(50) >= expected
+                && gap <= expected + Duration::from_millis(1500),
+            "gap before attempt {} was {gap:?}, expected about {expected:?}",
+            index + 2
+        );
+    }
+    for (index, request) in received.iter().enumerate() {
+        assert_eq!(
+            request.headers["posternity-attempt"],
+            (index + 1).to_string()
+        );
+        assert_eq!(
+            request.headers["webhook-id"], "evt_fail",
+            "the same id on every retry"
+        );
+    }
+
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 6);
+    assert_eq!(attempts.len(), 6);
+    assert!(attempts.iter().all(|a| a.status_code == 500));
+    assert!(matches!(
+        attempts[5]
+            .next_action
+            .as_ref()
+            .and_then(|a| a.action.as_ref()),
+        Some(Action::Dead(_))
+    ));
+    let letters: Vec<DeadLetter> = harness.read(&harness.names.dlq(), 1);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].attempts.len(),
+        6,
+        "the dead letter holds every attempt"
+    );
+    assert_eq!(
+        letters[0].task.as_ref().map(|t| t.delivery_id.clone()),
+        Some(ids::delivery_id("evt_fail", "sub_fail"))
+    );
+    // Nothing after the dead letter.
+    assert_eq!(
+        receiver
+            .wait_for("/fail", 7, Duration::from_secs(3))
+            .await
+            .len(),
+        6
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_subscription_without_retrying() {
+    let harness = Harness::start("sender-410", &[0, 1], Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/gone", Script::status(410));
+    harness.subscribe("sub_gone", &receiver.url("/gone")).await;
+    harness.deliver("sub_gone", "evt_gone").await;
+
+    let letters: Vec<DeadLetter> = harness.read(&harness.names.dlq(), 1);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(receiver.received("/gone").len(), 1, "no retry after 410");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let state = harness.view.read(|table| {
+            table
+                .get("sub_gone")
+                .map(|s| (s.enabled, s.disabled_reason.clone()))
+        });
+        if let Some((false, reason)) = state {
+            assert!(
+                reason.contains("410") || reason.to_lowercase().contains("gone"),
+                "{reason}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscription never disabled: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_hold_up_its_partition() {
+    // One delivery partition: both subscriptions share it.
+    let harness = Harness::start("sender-hol", &[0, 1], Duration::from_secs(20)).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/slow", Script::Hang);
+    harness.subscribe("sub_slow", &receiver.url("/slow")).await;
+    harness.subscribe("sub_fast", &receiver.url("/fast")).await;
+    for index in 0..10 {
+        harness
+            .deliver("sub_slow", &format!("evt_slow_{index}"))
+            .await;
+        harness
+            .deliver("sub_fast", &format!("evt_fast_{index}"))
+            .await;
+    }
+    // All fast deliveries arrive while every slow request is still hanging (its timeout is
+    // 20 s, the wait below at most 10 s).
+    let fast = receiver
+        .wait_for("/fast", 10, Duration::from_secs(10))
+        .await;
+    assert_eq!(fast.len(), 10, "the healthy endpoint was held up");
+    let slow = receiver.received("/slow");
+    assert!(
+        !slow.is_empty() && slow.len() <= 8,
+        "slow endpoint: {} requests (max_in_flight 8)",
+        slow.len()
+    );
+    harness.stop().await;
+}
