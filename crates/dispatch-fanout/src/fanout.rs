@@ -196,6 +196,10 @@ impl Fanout {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
+            // Right after a commit the coordinator may answer the next transaction's
+            // AddPartitionsToTxn / AddOffsetsToTxn with CONCURRENT_TRANSACTIONS until the
+            // markers are written; librdkafka retries after retry.backoff.ms (100 ms by default).
+            .set("retry.backoff.ms", "10")
             .set(
                 "transaction.timeout.ms",
                 config.transaction_timeout_ms.to_string(),
@@ -380,11 +384,20 @@ impl Fanout {
                 RDKafkaErrorCode::Fail,
             )))?;
         let commit_started = Instant::now();
-        let committed = self
-            .producer
+        self.producer
             .send_offsets_to_transaction(&offsets, &group, self.request_timeout)
-            .and_then(|()| self.producer.commit_transaction(self.request_timeout));
-        committed.map_err(TransactionFailure::classify)?;
+            .map_err(TransactionFailure::classify)?;
+        let offsets_sent = commit_started.elapsed();
+        self.wait_until_delivered();
+        self.producer
+            .commit_transaction(self.request_timeout)
+            .map_err(TransactionFailure::classify)?;
+        debug!(
+            produce_ms = (commit_started - started).as_millis() as u64,
+            send_offsets_ms = offsets_sent.as_millis() as u64,
+            commit_ms = (commit_started.elapsed() - offsets_sent).as_millis() as u64,
+            "transaction phases"
+        );
         metrics::histogram!(names::FANOUT_COMMIT_DURATION_SECONDS)
             .record(commit_started.elapsed().as_secs_f64());
         metrics::histogram!(names::FANOUT_BATCH_RECORDS).record(batch.len() as f64);
@@ -403,6 +416,18 @@ impl Fanout {
             "transaction committed"
         );
         Ok(counts)
+    }
+
+    /// Waits until every produced record is acknowledged, polling briefly. rust-rdkafka's
+    /// `commit_transaction` flushes first, and its flush sleeps in 100 ms polls while the
+    /// producer's own thread serves the delivery reports — a fixed 100 ms per transaction that
+    /// dominated small batches (measured: docs/benchmarks.md). With nothing outstanding its
+    /// flush returns at once.
+    fn wait_until_delivered(&self) {
+        let deadline = Instant::now() + self.request_timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 
     fn plan_record(

@@ -203,7 +203,11 @@ impl ClientContext for ViewContext {
     /// The end of the partition is how the view learns it caught up, not a failure; librdkafka
     /// also reports it as a client-level error, which would otherwise be logged as one.
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::debug!(reason, "subscription view reached the end of its partition");
         } else {
             tracing::error!(%error, reason, "librdkafka error in the subscription view");
