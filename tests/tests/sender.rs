@@ -116,6 +116,16 @@ impl Harness {
 
     /// Writes a subscription to `url` with a fresh secret and waits until the view has it.
     async fn subscribe(&self, id: &str, url: &str) -> SigningSecret {
+        self.subscribe_with(id, url, |_| {}).await
+    }
+
+    /// As [`Self::subscribe`], with the subscription adjusted by `tweak` first.
+    async fn subscribe_with(
+        &self,
+        id: &str,
+        url: &str,
+        tweak: impl FnOnce(&mut Subscription),
+    ) -> SigningSecret {
         let secret = SigningSecret::generate(&mut rand::rng());
         let subscription = Subscription {
             id: id.to_owned(),
@@ -131,6 +141,8 @@ impl Harness {
             version: 1,
             ..Subscription::default()
         };
+        let mut subscription = subscription;
+        tweak(&mut subscription);
         let offset = self.writer.put(&subscription).await.expect("subscription");
         self.view
             .wait_for_offset(offset, WAIT)
@@ -378,5 +390,113 @@ async fn a_hanging_endpoint_does_not_hold_up_its_partition() {
         "slow endpoint: {} requests (max_in_flight 8)",
         slow.len()
     );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_delivery_records_are_quarantined_and_the_partition_flows() {
+    let harness = Harness::start("sender-bad", &[0, 1], Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    harness.subscribe("sub_ok", &receiver.url("/ok")).await;
+    let garbage = b"\xff\xff\xff not a task".to_vec();
+    harness
+        .producer
+        .send(
+            FutureRecord::to(&harness.names.deliveries())
+                .key("sub_ok")
+                .payload(&garbage),
+            Timeout::After(WAIT),
+        )
+        .await
+        .expect("produce garbage");
+    harness.deliver("sub_ok", "evt_after_garbage").await;
+
+    let received = receiver.wait_for("/ok", 1, WAIT).await;
+    assert_eq!(
+        received.len(),
+        1,
+        "the record after the garbage was delivered"
+    );
+    assert_eq!(received[0].headers["webhook-id"], "evt_after_garbage");
+    let invalid = read_expecting(
+        &harness.config,
+        &harness.names.invalid(),
+        1,
+        WAIT,
+        Duration::from_secs(2),
+    );
+    assert_eq!(invalid.len(), 1);
+    assert_eq!(
+        rdkafka::Message::payload(&invalid[0]),
+        Some(garbage.as_slice()),
+        "original bytes kept"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_1_delivers_one_at_a_time_in_order() {
+    let harness = Harness::start("sender-order", &[0, 1], Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    receiver.script(
+        "/ordered",
+        Script::Respond {
+            status: 200,
+            headers: Vec::new(),
+            delay: Duration::from_millis(30),
+        },
+    );
+    harness
+        .subscribe_with("sub_ordered", &receiver.url("/ordered"), |s| {
+            s.max_in_flight = 1
+        })
+        .await;
+    for index in 0..12 {
+        harness
+            .deliver("sub_ordered", &format!("evt_{index:02}"))
+            .await;
+    }
+    let received = receiver.wait_for("/ordered", 12, WAIT).await;
+    assert_eq!(received.len(), 12);
+    assert!(
+        received.iter().all(|r| r.concurrent == 1),
+        "two requests overlapped"
+    );
+    let order: Vec<&str> = received
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("evt_{i:02}")).collect();
+    assert_eq!(order, expected);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_of_20_per_second_is_respected() {
+    let harness = Harness::start("sender-rate", &[0, 1], Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    harness
+        .subscribe_with("sub_rate", &receiver.url("/rate"), |s| {
+            s.rate_limit_per_second = 20
+        })
+        .await;
+    for index in 0..50 {
+        harness
+            .deliver("sub_rate", &format!("evt_rate_{index}"))
+            .await;
+    }
+    let received = receiver.wait_for("/rate", 50, WAIT).await;
+    assert_eq!(received.len(), 50);
+    // In any one-second window at most 20 plus the small burst (2 at 20/s) arrive.
+    for (index, first) in received.iter().enumerate() {
+        let within = received[index..]
+            .iter()
+            .take_while(|r| r.at.duration_since(first.at) < Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= 22,
+            "{within} requests within one second from request {index}"
+        );
+    }
     harness.stop().await;
 }

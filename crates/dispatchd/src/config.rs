@@ -26,6 +26,10 @@ pub struct DispatchConfig {
     pub retry: RetryConfig,
     /// The fan-out role.
     pub fanout: FanoutConfig,
+    /// The sender role.
+    pub sender: dispatch_sender::engine::SenderConfig,
+    /// The webhook client of the sender.
+    pub http: dispatch_http::HttpConfig,
     /// Telemetry server and start-up limits of every role.
     pub metrics: crate::roles::MetricsConfig,
 }
@@ -97,6 +101,16 @@ pub fn validate(config: DispatchConfig) -> anyhow::Result<ValidConfig> {
         .fanout
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config
+        .sender
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config.http.validate().map_err(|e| match e {
+        dispatch_http::Error::Config { key, message } => {
+            anyhow::anyhow!("invalid configuration: http.{key}: {message}")
+        }
+        other => anyhow::anyhow!("invalid configuration: http: {other}"),
+    })?;
     if config.metrics.view_catch_up_timeout_secs == 0 {
         bail!("invalid configuration: metrics.view_catch_up_timeout_secs: must be positive");
     }
@@ -157,6 +171,14 @@ mod tests {
                 .contains("fanout.domain_topic_pattern")
         );
         assert!(error_of("[metrics]\nlisten = 'nowhere'").contains("listen"));
+        assert!(error_of("[http]\ntimeout_ms = 0").contains("http.timeout_ms"));
+        assert!(
+            error_of("[sender]\nmax_concurrent_requests = 0")
+                .contains("sender.max_concurrent_requests")
+        );
+        assert!(
+            error_of("[sender.endpoint]\nmax_backlog = 0").contains("sender.endpoint.max_backlog")
+        );
     }
 
     #[test]

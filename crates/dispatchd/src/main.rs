@@ -46,12 +46,14 @@ enum Command {
     CheckConfig,
     /// Run the fan-out role: domain events → delivery tasks, exactly once.
     Fanout,
+    /// Run the sender role: delivery tasks → signed webhooks, retries, dead letters.
+    Sender,
 }
 
 impl Command {
     /// Long-running roles (as opposed to one-shot tools).
     fn is_role(&self) -> bool {
-        matches!(self, Command::Fanout)
+        matches!(self, Command::Fanout | Command::Sender)
     }
 }
 
@@ -110,8 +112,19 @@ fn main() -> ExitCode {
             } => topics_cmd::ensure(&config, &args).await,
             Command::Publish(args) => publish_cmd::publish(&config, &args).await,
             Command::Fanout => roles::fanout(&config).await,
+            Command::Sender => roles::sender(&config).await,
             Command::CheckConfig => {
-                println!("{:#?}", config.config);
+                // SASL/SSL credentials travel in the pass-through table: never print them.
+                let mut shown = config.config.clone();
+                for (key, value) in shown.kafka.librdkafka.iter_mut() {
+                    if ["password", "secret", "key"]
+                        .iter()
+                        .any(|word| key.contains(word))
+                    {
+                        *value = "<redacted>".to_owned();
+                    }
+                }
+                println!("{shown:#?}");
                 Ok(ExitCode::SUCCESS)
             }
         }
