@@ -277,10 +277,11 @@ async fn always_500_runs_the_whole_schedule_then_dead_letters() {
     for (index, delay) in delays.iter().enumerate() {
         let gap = received[index + 1].at.duration_since(received[index].at);
         let expected = Duration::from_secs(*delay);
-        // Never early; late by at most the polling and produce/consume round trips.
+        // Never early; late by at most the polling and produce/consume round trips (generous: CI
+        // runs several broker tests at once on two cores).
         assert!(
             gap + Duration::from_millis(50) >= expected
-                && gap <= expected + Duration::from_millis(1500),
+                && gap <= expected + Duration::from_millis(2000),
             "gap before attempt {} was {gap:?}, expected about {expected:?}",
             index + 2
         );
