@@ -47,6 +47,20 @@ impl Harness {
     /// Topics (one delivery partition, so every subscription shares it), a view, and a sender
     /// with the given delays between attempts and HTTP timeout.
     async fn start(name: &str, delays_secs: &[u64], http_timeout: Duration) -> Self {
+        Self::start_with_http(name, delays_secs, |http| {
+            http.timeout_ms = http_timeout.as_millis() as u64;
+            http.connect_timeout_ms = http.timeout_ms;
+        })
+        .await
+    }
+
+    /// As [`Self::start`], with the HTTP settings adjusted by `tweak` (defaults: 5 s timeout,
+    /// `http://` and 127.0.0.1 allowed).
+    async fn start_with_http(
+        name: &str,
+        delays_secs: &[u64],
+        tweak: impl FnOnce(&mut HttpConfig),
+    ) -> Self {
         let prefix = unique_prefix(name);
         let config = kafka_config(&prefix);
         let names = TopicNames::new(&prefix);
@@ -79,13 +93,14 @@ impl Harness {
             .expect("topics");
         let view = Arc::new(SubscriptionView::start(&config).expect("view"));
         view.wait_caught_up(WAIT).await.expect("view caught up");
-        let http = HttpConfig {
-            timeout_ms: http_timeout.as_millis() as u64,
-            connect_timeout_ms: http_timeout.as_millis() as u64,
+        let mut http = HttpConfig {
+            timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
             allow_http: true,
             allow_addresses: vec!["127.0.0.1/32".to_owned()],
             ..HttpConfig::default()
         };
+        tweak(&mut http);
         let ctx = AttemptContext {
             client: WebhookClient::new(&http).expect("client"),
             schedule,
@@ -499,5 +514,67 @@ async fn a_rate_limit_of_20_per_second_is_respected() {
             "{within} requests within one second from request {index}"
         );
     }
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_a_hanging_endpoint_times_out() {
+    let harness =
+        Harness::start("sender-retry-after", &[0, 1, 1], Duration::from_millis(800)).await;
+    let receiver = Receiver::start().await;
+    receiver.script(
+        "/busy",
+        Script::Respond {
+            status: 503,
+            headers: vec![("retry-after".to_owned(), "3".to_owned())],
+            delay: Duration::ZERO,
+        },
+    );
+    receiver.script("/hang", Script::Hang);
+    harness.subscribe("sub_busy", &receiver.url("/busy")).await;
+    harness.subscribe("sub_hang", &receiver.url("/hang")).await;
+    harness.deliver("sub_busy", "evt_busy").await;
+    harness.deliver("sub_hang", "evt_hang").await;
+
+    // Attempt 2 would be immediate by the schedule; Retry-After: 3 pushes it to at least 3 s.
+    let busy = receiver.wait_for("/busy", 2, WAIT).await;
+    assert_eq!(busy.len(), 2);
+    let gap = busy[1].at.duration_since(busy[0].at);
+    assert!(
+        gap >= Duration::from_millis(2950),
+        "retried after {gap:?} despite Retry-After: 3"
+    );
+
+    // The hanging endpoint's attempt ends as a timeout at the configured 800 ms.
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 3);
+    let timeout = attempts
+        .iter()
+        .find(|a| a.subscription_id == "sub_hang")
+        .expect("an attempt record of the hanging endpoint");
+    assert_eq!(timeout.outcome, AttemptOutcome::Timeout as i32);
+    assert!(
+        timeout.duration_ms >= 800 && timeout.duration_ms < 5_000,
+        "{timeout:?}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_endpoint_is_blocked_without_a_connection() {
+    // A sender whose allow-list is empty: 127.0.0.1 is refused by the SSRF guard.
+    let harness =
+        Harness::start_with_http("sender-ssrf", &[0], |http| http.allow_addresses.clear()).await;
+    let receiver = Receiver::start().await;
+    harness
+        .subscribe("sub_local", &receiver.url("/inside"))
+        .await;
+    harness.deliver("sub_local", "evt_ssrf").await;
+
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 1);
+    assert_eq!(attempts.len(), 1, "blocked at once, no retry");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::BlockedAddress as i32);
+    let letters: Vec<DeadLetter> = harness.read(&harness.names.dlq(), 1);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(receiver.connections(), 0, "the receiver saw no connection");
     harness.stop().await;
 }
