@@ -570,6 +570,23 @@ impl Reader {
     }
 }
 
+/// Errors that go away once partition leadership settles.
+fn is_transient(error: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownTopicOrPartition
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -732,21 +749,4 @@ mod tests {
             ("sub_1".to_owned(), None)
         );
     }
-}
-
-/// Errors that go away once partition leadership settles.
-fn is_transient(error: &KafkaError) -> bool {
-    use rdkafka::error::RDKafkaErrorCode as Code;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            Code::NotLeaderForPartition
-                | Code::LeaderNotAvailable
-                | Code::UnknownTopicOrPartition
-                | Code::RequestTimedOut
-                | Code::OperationTimedOut
-                | Code::BrokerTransportFailure
-                | Code::AllBrokersDown
-        )
-    )
 }
