@@ -52,8 +52,8 @@ pub struct SenderConfig {
     pub group_id: String,
     /// Most webhook requests in flight in this process, all endpoints together.
     pub max_concurrent_requests: usize,
-    /// Most taken-but-unfinished records per partition; past it, new records of the partition
-    /// are deferred to the first tier (this bounds what a crash makes the next owner redo).
+    /// Most taken-but-unfinished records per partition; at it, the partition is paused until
+    /// half of them finished (this bounds memory and what a crash makes the next owner redo).
     pub max_uncommitted_per_partition: usize,
     /// How long a revoke or shutdown waits for in-flight attempts, in milliseconds (keep it
     /// under the group's session timeout and the pod's termination grace period).
@@ -219,6 +219,8 @@ pub struct Engine {
     endpoints: HashMap<String, EndpointQueue<Pending>>,
     dirty: HashSet<String>,
     held: HashMap<(String, i32), Held>,
+    /// Partitions paused because their uncommitted window is full.
+    window_paused: HashSet<(String, i32)>,
     semaphore: Arc<Semaphore>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
@@ -289,6 +291,7 @@ impl Engine {
             endpoints: HashMap::new(),
             dirty: HashSet::new(),
             held: HashMap::new(),
+            window_paused: HashSet::new(),
             completions_tx,
             completions,
         })
@@ -319,6 +322,7 @@ impl Engine {
             self.purge_revoked();
             self.release_due();
             self.dispatch_ready();
+            self.resume_windows();
         }
         self.drain().await;
         Ok(())
@@ -507,6 +511,11 @@ impl Engine {
                 .map(|tracker| tracker.uncommitted_window())
                 .unwrap_or(0)
         };
+        if window >= self.config.max_uncommitted_per_partition {
+            // Back-pressure: stop fetching this partition until its window shrinks (records
+            // already fetched are still taken: the limit is soft by at most one fetch).
+            self.pause_for_window(&pending.topic, pending.partition);
+        }
         let now = Instant::now();
         let config = &self.config.endpoint;
         let queue = self
@@ -514,9 +523,7 @@ impl Engine {
             .entry(subscription.id.clone())
             .or_insert_with(|| EndpointQueue::new(config, EndpointLimits::of(&subscription)));
         queue.set_limits(config, EndpointLimits::of(&subscription));
-        let reason = if window > self.config.max_uncommitted_per_partition {
-            Some("window")
-        } else if queue.is_open(now) {
+        let reason = if queue.is_open(now) {
             Some("circuit")
         } else {
             None
@@ -535,6 +542,50 @@ impl Engine {
             },
         };
         self.defer(pending, "backlog");
+    }
+
+    fn pause_for_window(&mut self, topic: &str, partition: i32) {
+        if self.window_paused.insert((topic.to_owned(), partition)) {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(topic, partition);
+            if let Err(error) = self.consumer.pause(&list) {
+                warn!(%error, topic, partition, "pause for the window failed");
+            }
+            debug!(topic, partition, "window full: partition paused");
+        }
+    }
+
+    /// Resumes partitions paused for their window once it is down to half the limit.
+    fn resume_windows(&mut self) {
+        if self.window_paused.is_empty() {
+            return;
+        }
+        let limit = self.config.max_uncommitted_per_partition / 2;
+        let shrunk: Vec<(String, i32)> = {
+            let shared = lock(&self.shared);
+            self.window_paused
+                .iter()
+                .filter(|(topic, partition)| {
+                    shared
+                        .offsets
+                        .get(topic, *partition)
+                        .is_none_or(|tracker| tracker.uncommitted_window() <= limit)
+                })
+                .cloned()
+                .collect()
+        };
+        for key in shrunk {
+            self.window_paused.remove(&key);
+            if self.held.contains_key(&key) {
+                // Held for a due time: releasing the hold resumes it.
+                continue;
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&key.0, key.1);
+            if let Err(error) = self.consumer.resume(&list) {
+                debug!(%error, "resume after the window shrank");
+            }
+        }
     }
 
     /// Parks a task on the first tier without spending an attempt.
@@ -706,12 +757,8 @@ impl Engine {
                         }
                         None => None,
                     };
-                    {
-                        let mut guard = lock(&shared);
-                        if let Some(running) = guard.running.get_mut(&key) {
-                            *running = running.saturating_sub(1);
-                        }
-                    }
+                    // Store the offset before the attempt stops counting as running: a revoke
+                    // waiting for running attempts then commits it.
                     finish(
                         &shared,
                         &consumer,
@@ -719,6 +766,12 @@ impl Engine {
                         pending.partition,
                         pending.offset,
                     );
+                    {
+                        let mut guard = lock(&shared);
+                        if let Some(running) = guard.running.get_mut(&key) {
+                            *running = running.saturating_sub(1);
+                        }
+                    }
                     let _ = completions.send(Completion {
                         subscription_id: id,
                         end,
@@ -785,6 +838,8 @@ impl Engine {
         }
         let revoked: HashSet<(String, i32)> = revoked.into_iter().collect();
         self.held.retain(|key, _| !revoked.contains(key));
+        // librdkafka does not keep a revoked partition's pause; forget ours too.
+        self.window_paused.retain(|key| !revoked.contains(key));
         for queue in self.endpoints.values_mut() {
             let kept: Vec<Pending> = queue
                 .drain()
