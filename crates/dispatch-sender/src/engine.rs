@@ -821,10 +821,13 @@ impl Engine {
             .held
             .values()
             .map(|held| now + held.due.duration_since(system_now).unwrap_or_default());
+        // Out of global capacity, an endpoint's ready time would wake the loop for nothing (a
+        // busy spin while every permit hangs on slow endpoints): a completion wakes it instead.
+        let capacity_left = self.semaphore.available_permits() > 0;
         let endpoints = self
             .endpoints
             .values()
-            .filter(|q| !q.is_empty())
+            .filter(|q| capacity_left && !q.is_empty())
             .filter_map(|q| q.ready_at(now));
         held.chain(endpoints).min()
     }
