@@ -122,9 +122,15 @@ impl FanoutConfig {
 #[derive(Debug, Default)]
 struct FanoutContext {
     rebalanced: AtomicBool,
+    group: String,
+    topic_prefix: String,
 }
 
-impl ClientContext for FanoutContext {}
+impl ClientContext for FanoutContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        dispatch_kafka::lag::record_consumer_lag(&self.group, &self.topic_prefix, &statistics);
+    }
+}
 
 impl ConsumerContext for FanoutContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -187,7 +193,15 @@ impl Fanout {
             .set("auto.offset.reset", "earliest")
             // Pipelines may publish transactionally; never fan out an aborted event.
             .set("isolation.level", "read_committed")
-            .create_with_context(FanoutContext::default())
+            .set(
+                "statistics.interval.ms",
+                dispatch_kafka::lag::statistics_interval(kafka),
+            )
+            .create_with_context(FanoutContext {
+                group: config.group_id.clone(),
+                topic_prefix: kafka.topic_prefix.clone(),
+                ..FanoutContext::default()
+            })
             .map_err(Error::Kafka)?;
         let producer: ThreadedProducer<DefaultProducerContext> = kafka
             .client_config()

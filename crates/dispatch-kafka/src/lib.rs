@@ -5,6 +5,7 @@
 //! - [`client`]: the `[kafka]` configuration and reliable producers.
 //! - [`topics`]: topic names under a prefix, partition counts and configs.
 //! - [`admin`]: `topics ensure` — create what is missing, report what drifted.
+//! - [`lag`]: consumer lag per partition from librdkafka statistics, as a gauge.
 //! - [`publish`]: producing domain events as the pipelines do.
 //! - [`subscription_writer`]: writing subscription records and tombstones.
 //! - [`subscription_view`]: the in-memory subscriptions table every role reads, kept current
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod lag;
 pub mod publish;
 pub mod subscription_view;
 pub mod subscription_writer;

@@ -114,9 +114,16 @@ struct SharedOffsets {
 struct SenderContext {
     shared: Arc<Mutex<SharedOffsets>>,
     drain_timeout: Duration,
+    group: String,
+    topic_prefix: String,
 }
 
-impl ClientContext for SenderContext {}
+impl ClientContext for SenderContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        // Lag on the retry tiers is expected: records wait there until they are due.
+        dispatch_kafka::lag::record_consumer_lag(&self.group, &self.topic_prefix, &statistics);
+    }
+}
 
 fn lock(shared: &Mutex<SharedOffsets>) -> MutexGuard<'_, SharedOffsets> {
     // A poisoned lock means an attempt task panicked mid-update; the data is still the best
@@ -255,9 +262,15 @@ impl Engine {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            .set(
+                "statistics.interval.ms",
+                dispatch_kafka::lag::statistics_interval(kafka),
+            )
             .create_with_context(SenderContext {
                 shared: Arc::clone(&shared),
                 drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+                group: config.group_id.clone(),
+                topic_prefix: kafka.topic_prefix.clone(),
             })
             .map_err(Error::Kafka)?;
         let names = &ctx.names;

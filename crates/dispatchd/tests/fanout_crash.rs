@@ -97,6 +97,7 @@ topic_prefix = "{prefix}"
 # The killed member must leave the group quickly so the restarted one gets the partitions.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
+"statistics.interval.ms" = "500"
 [fanout]
 group_id = "{prefix}fanout"
 transactional_id = "{prefix}fanout-1"
@@ -200,6 +201,7 @@ listen = "127.0.0.1:0"
         "dispatch_fanout_deliveries_produced_total{family=\"map\"}",
         "dispatch_fanout_transactions_total{result=\"commit\"}",
         "dispatch_fanout_commit_duration_seconds_count",
+        "dispatch_kafka_consumer_lag_records{group=",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
