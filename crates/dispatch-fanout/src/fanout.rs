@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::topics::TopicNames;
 use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -463,37 +464,16 @@ impl Fanout {
         message: &BorrowedMessage<'_>,
         quarantine: &Quarantine,
     ) -> Result<(), TransactionFailure> {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "dispatch-error-reason",
-                value: Some(quarantine.reason),
-            })
-            .insert(Header {
-                key: "dispatch-error",
-                value: Some(quarantine.message.as_str()),
-            })
-            .insert(Header {
-                key: "dispatch-source-topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "dispatch-source-partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "dispatch-source-offset",
-                value: Some(offset.as_str()),
-            });
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                headers = headers.insert(Header {
-                    key: header.key,
-                    value: header.value,
-                });
-            }
-        }
+        let headers = quarantine::headers(
+            &QuarantineInfo {
+                reason: quarantine.reason,
+                error: &quarantine.message,
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            message.headers(),
+        );
         warn!(
             reason = quarantine.reason,
             topic = message.topic(),

@@ -6,6 +6,7 @@
 //! - [`topics`]: topic names under a prefix, partition counts and configs.
 //! - [`admin`]: `topics ensure` — create what is missing, report what drifted.
 //! - [`lag`]: consumer lag per partition from librdkafka statistics, as a gauge.
+//! - [`quarantine`]: the headers of records quarantined in `dispatch.invalid`.
 //! - [`publish`]: producing domain events as the pipelines do.
 //! - [`subscription_writer`]: writing subscription records and tombstones.
 //! - [`subscription_view`]: the in-memory subscriptions table every role reads, kept current
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod client;
 pub mod lag;
 pub mod publish;
+pub mod quarantine;
 pub mod subscription_view;
 pub mod subscription_writer;
 pub mod topics;

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use dispatch_core::timestamp;
+use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_proto::dispatch::v1::next_action::{Action, Done};
 use dispatch_proto::dispatch::v1::{
@@ -30,7 +31,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -406,28 +407,16 @@ impl Engine {
         let error = error.to_owned();
         tokio::spawn(async move {
             let invalid = ctx.names.invalid();
-            let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "dispatch-error-reason",
-                    value: Some("undecodable"),
-                })
-                .insert(Header {
-                    key: "dispatch-error",
-                    value: Some(error.as_str()),
-                })
-                .insert(Header {
-                    key: "dispatch-source-topic",
-                    value: Some(topic.as_str()),
-                })
-                .insert(Header {
-                    key: "dispatch-source-partition",
-                    value: Some(partition_text.as_str()),
-                })
-                .insert(Header {
-                    key: "dispatch-source-offset",
-                    value: Some(offset_text.as_str()),
-                });
+            let headers = quarantine::headers(
+                &QuarantineInfo {
+                    reason: "undecodable",
+                    error: &error,
+                    topic: &topic,
+                    partition,
+                    offset,
+                },
+                None,
+            );
             loop {
                 let mut record = FutureRecord::<[u8], [u8]>::to(&invalid).headers(headers.clone());
                 if let Some(key) = &key {
