@@ -11,7 +11,7 @@ DEV_CONFIG := deploy/dev/dispatchd.toml
 # Integration tests share one broker; a few threads keep the 2-core machine responsive.
 TEST_THREADS ?= 4
 
-.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench-fanout
+.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench-fanout bench-sender
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ fmt: ## Format the code.
 bench-fanout: ## Fan-out throughput (1,000 subscriptions, fan-out 3, 1 KiB events); EVENTS=100000 by default.
 	$(CARGO) build --release -p dispatch-bench
 	$(WITH_KAFKA) ./target/release/dispatch-bench fanout --events $${EVENTS:-100000}
+
+bench-sender: ## Sender: healthy deliveries/s and latency at RATE (2000/s), without and with 10% hanging endpoints.
+	$(CARGO) build --release -p dispatch-bench
+	$(WITH_KAFKA) bash -c './target/release/dispatch-bench sender --rate $${RATE:-2000} --tasks $${TASKS:-40000} && ./target/release/dispatch-bench sender --rate $${RATE:-2000} --tasks $${TASKS:-40000} --hang-fraction 0.1'
 
 kafka-up: ## Start the local single-node Kafka (fetches it on first use).
 	$(KAFKA) start

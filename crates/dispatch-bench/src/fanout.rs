@@ -139,7 +139,7 @@ fn subscriptions() -> Vec<Subscription> {
 }
 
 /// User + system CPU seconds of this process so far (Linux `/proc/self/stat`).
-fn process_cpu_seconds() -> f64 {
+pub(crate) fn process_cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return f64::NAN;
     };

@@ -4,8 +4,11 @@
 //! - `fanout`: pre-fills the domain topics with 1 KiB events of 100 accounts, 1,000
 //!   subscriptions (10 per account, 3 of which match each event), then runs the fan-out flat out
 //!   and times it from start until the group's committed offsets reach the end of the input.
+//! - `sender`: delivery tasks at a fixed rate to 200 endpoints on a local receiver, optionally
+//!   with a fraction of them hanging; healthy deliveries/s and produce-to-receive latency.
 
 mod fanout;
+mod sender;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +27,8 @@ struct Cli {
 enum Scenario {
     /// Fan-out throughput: events/s and delivery tasks/s.
     Fanout(fanout::FanoutArgs),
+    /// Sender: healthy endpoints' deliveries/s and latency, optionally with hanging endpoints.
+    Sender(sender::SenderArgs),
 }
 
 #[tokio::main]
@@ -38,5 +43,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Fanout(args) => fanout::run(&cli.bootstrap_servers, &args).await,
+        Scenario::Sender(args) => sender::run(&cli.bootstrap_servers, &args).await,
     }
 }
