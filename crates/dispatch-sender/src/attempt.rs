@@ -105,12 +105,6 @@ pub async fn deliver(
             },
         };
         let record = AttemptRecord {
-            delivery_id: task.delivery_id.clone(),
-            event_id: task.event_id.clone(),
-            subscription_id: task.subscription_id.clone(),
-            account_id: task.account_id.clone(),
-            event_type: task.event_type.clone(),
-            attempt: task.attempt,
             started_at: summary.started_at,
             duration_ms: summary.duration_ms,
             outcome: summary.outcome,
@@ -118,7 +112,7 @@ pub async fn deliver(
             response_excerpt: response.response_excerpt.clone(),
             error: summary.error.clone(),
             next_action: Some(next_action(&decision)),
-            replay_of: task.replay_of.clone(),
+            ..record_for(&task)
         };
         task.attempts.push(summary);
         let attempts_topic = ctx.names.attempts();
@@ -168,16 +162,8 @@ pub async fn deliver(
                 return DeliveryEnd::Failed;
             }
             Decision::Dead { reason, disable } => {
-                let letter = DeadLetter {
-                    task: Some(task.clone()),
-                    attempts: task.attempts.clone(),
-                    reason: reason.clone(),
-                    dead_at: Some(timestamp::from_system_time(finished)),
-                };
-                let dlq_topic = ctx.names.dlq();
-                let dead_sent = produce(ctx, &dlq_topic, &task.delivery_id, letter.encode_to_vec());
+                let dead_sent = dead_letter(ctx, &task, reason.clone(), finished);
                 tokio::join!(attempt_sent, dead_sent);
-                metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
                 warn!(delivery_id = %task.delivery_id, subscription_id = %task.subscription_id, %reason, "delivery dead-lettered");
                 if disable {
                     disable_subscription(ctx, subscription, &reason).await;
@@ -186,6 +172,44 @@ pub async fn deliver(
             }
         }
     }
+}
+
+/// An attempt record of `task` with its identifying fields filled in; the caller sets what the
+/// attempt came to.
+pub fn record_for(task: &DeliveryTask) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: task.delivery_id.clone(),
+        event_id: task.event_id.clone(),
+        subscription_id: task.subscription_id.clone(),
+        account_id: task.account_id.clone(),
+        event_type: task.event_type.clone(),
+        attempt: task.attempt,
+        replay_of: task.replay_of.clone(),
+        ..AttemptRecord::default()
+    }
+}
+
+/// Produces `task`'s dead letter (key = delivery id) until Kafka acknowledges it, and counts it.
+pub async fn dead_letter(
+    ctx: &AttemptContext,
+    task: &DeliveryTask,
+    reason: String,
+    at: SystemTime,
+) {
+    let letter = DeadLetter {
+        task: Some(task.clone()),
+        attempts: task.attempts.clone(),
+        reason,
+        dead_at: Some(timestamp::from_system_time(at)),
+    };
+    produce(
+        ctx,
+        &ctx.names.dlq(),
+        &task.delivery_id,
+        letter.encode_to_vec(),
+    )
+    .await;
+    metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
 }
 
 /// What happens after one attempt.

@@ -23,7 +23,7 @@ use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_proto::dispatch::v1::next_action::{Action, Done};
 use dispatch_proto::dispatch::v1::{
-    AttemptOutcome, AttemptRecord, DeadLetter, DeliveryTask, NextAction, Subscription,
+    AttemptOutcome, AttemptRecord, DeliveryTask, NextAction, Subscription,
 };
 use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names;
@@ -624,20 +624,8 @@ impl Engine {
             // The rng is not Send: draw before any await.
             let deferral = ctx.schedule.defer(now, &mut rand::rng());
             if let Some(dead) = expired {
-                let letter = DeadLetter {
-                    attempts: task.attempts.clone(),
-                    reason: format!("{dead} (deferred {} times)", task.deferrals),
-                    dead_at: Some(timestamp::from_system_time(now)),
-                    task: Some(task.clone()),
-                };
-                attempt::produce(
-                    &ctx,
-                    &ctx.names.dlq(),
-                    &task.delivery_id,
-                    letter.encode_to_vec(),
-                )
-                .await;
-                metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
+                let reason = format!("{dead} (deferred {} times)", task.deferrals);
+                attempt::dead_letter(&ctx, &task, reason, now).await;
             } else if let Some(deferral) = deferral {
                 task.deferrals += 1;
                 task.not_before = Some(timestamp::from_system_time(deferral.not_before));
@@ -661,20 +649,13 @@ impl Engine {
         tokio::spawn(async move {
             let task = &pending.task;
             let record = AttemptRecord {
-                delivery_id: task.delivery_id.clone(),
-                event_id: task.event_id.clone(),
-                subscription_id: task.subscription_id.clone(),
-                account_id: task.account_id.clone(),
-                event_type: task.event_type.clone(),
-                attempt: task.attempt,
                 started_at: Some(timestamp::from_system_time(SystemTime::now())),
                 outcome: AttemptOutcome::Skipped as i32,
                 error: format!("not attempted: the subscription was {reason}"),
                 next_action: Some(NextAction {
                     action: Some(Action::Done(Done {})),
                 }),
-                replay_of: task.replay_of.clone(),
-                ..AttemptRecord::default()
+                ..attempt::record_for(task)
             };
             attempt::produce(
                 &ctx,
@@ -702,20 +683,7 @@ impl Engine {
         let shared = Arc::clone(&self.shared);
         let consumer = Arc::clone(&self.consumer);
         tokio::spawn(async move {
-            let letter = DeadLetter {
-                attempts: pending.task.attempts.clone(),
-                reason,
-                dead_at: Some(timestamp::from_system_time(SystemTime::now())),
-                task: Some(pending.task.clone()),
-            };
-            attempt::produce(
-                &ctx,
-                &ctx.names.dlq(),
-                &pending.task.delivery_id,
-                letter.encode_to_vec(),
-            )
-            .await;
-            metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
+            attempt::dead_letter(&ctx, &pending.task, reason, SystemTime::now()).await;
             finish(
                 &shared,
                 &consumer,
