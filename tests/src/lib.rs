@@ -5,6 +5,7 @@
 //! No test talks to a mock: if no broker answers, the tests fail and say how to start one.
 
 pub mod receiver;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,6 +1,7 @@
 //! A real webhook receiver on 127.0.0.1:0 for tests: it records every request (headers, body,
 //! arrival time, how many were concurrent) and answers as the test scripted it — a status,
-//! optional headers, a delay, or a hang.
+//! optional headers, a delay, or a hang. Plain HTTP, or HTTPS with a test certificate
+//! ([`crate::tls::TestPki`]); HTTP/1.1 and HTTP/2 either way.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 /// How the receiver answers a path.
@@ -52,6 +54,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     /// The body.
     pub body: Bytes,
+    /// The HTTP version the client negotiated.
+    pub version: hyper::Version,
     /// When it arrived.
     pub at: Instant,
     /// Requests of the same path being handled when it arrived (itself included).
@@ -70,6 +74,7 @@ struct State {
 #[derive(Clone)]
 pub struct Receiver {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<Mutex<State>>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
@@ -89,14 +94,26 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl Receiver {
-    /// Starts a receiver; every path answers 200 until scripted otherwise.
+    /// Starts a plain HTTP receiver; every path answers 200 until scripted otherwise.
     pub async fn start() -> Self {
+        Self::start_with_tls(None).await
+    }
+
+    /// Starts an HTTPS receiver presenting `tls`'s certificate (handshakes that fail, as with a
+    /// client that does not trust the CA, are counted as connections and serve nothing).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with_tls(Some(tls)).await
+    }
+
+    async fn start_with_tls(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
         let state = Arc::new(Mutex::new(State::default()));
         let accept_state = Arc::clone(&state);
+        let with_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -104,24 +121,35 @@ impl Receiver {
                 };
                 lock(&accept_state).connections += 1;
                 let state = Arc::clone(&accept_state);
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(Arc::clone(&state), request));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match acceptor {
+                        None => serve(state, stream).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(state, stream).await;
+                            }
+                        }
+                    }
                 });
             }
         });
         Receiver {
             addr,
+            tls: with_tls,
             state,
             task: Arc::new(task),
         }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>`, or `https://localhost:<port><path>` for an HTTPS
+    /// receiver (the name its certificate is issued for).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}{path}", self.addr.port())
+        } else {
+            format!("http://{}{path}", self.addr)
+        }
     }
 
     /// Sets how `path` answers from now on.
@@ -158,11 +186,23 @@ impl Receiver {
     }
 }
 
+/// Serves one connection, HTTP/1.1 or HTTP/2 (as the client negotiated).
+async fn serve<S>(state: Arc<Mutex<State>>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| handle(Arc::clone(&state), request));
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
+    let version = request.version();
     let headers = request
         .headers()
         .iter()
@@ -188,6 +228,7 @@ async fn handle(
             path: path.clone(),
             headers,
             body,
+            version,
             at: Instant::now(),
             concurrent,
         });

@@ -1,6 +1,7 @@
 //! The delivery engine against the real broker and real HTTP receivers on 127.0.0.1: signed
 //! delivery and its attempt record; the whole retry schedule (in seconds) ending in the DLQ;
-//! 410 Gone disabling the subscription; no head-of-line blocking on a shared partition.
+//! 410 Gone disabling the subscription; no head-of-line blocking on a shared partition; HTTPS
+//! with a private CA, trusted only when configured.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,6 +10,7 @@ use dispatch_core::retry::{HumanDuration, RetryConfig, RetrySchedule};
 use dispatch_core::signing::{self, ReceivedHeaders, SigningSecret};
 use dispatch_core::{catalog, ids, render, timestamp};
 use dispatch_e2e::receiver::{Receiver, Script};
+use dispatch_e2e::tls::TestPki;
 use dispatch_e2e::{kafka_config, payload, read_expecting, unique_prefix};
 use dispatch_http::{HttpConfig, WebhookClient};
 use dispatch_kafka::KafkaConfig;
@@ -576,5 +578,71 @@ async fn a_loopback_endpoint_is_blocked_without_a_connection() {
     let letters: Vec<DeadLetter> = harness.read(&harness.names.dlq(), 1);
     assert_eq!(letters.len(), 1);
     assert_eq!(receiver.connections(), 0, "the receiver saw no connection");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_private_ca_configured_delivers_over_http2() {
+    let pki = TestPki::new();
+    let ca_file = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::write(ca_file.path(), &pki.ca_pem).expect("write the CA");
+    let harness = Harness::start_with_http("sender-https-ca", &[0], |http| {
+        // https only: the HTTPS path must not depend on allow_http.
+        http.allow_http = false;
+        http.extra_ca_file = Some(ca_file.path().to_owned());
+    })
+    .await;
+    let receiver = Receiver::start_tls(Arc::clone(&pki.server_config)).await;
+    let url = receiver.url("/tls");
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let secret = harness.subscribe("sub_tls", &url).await;
+    let task = harness.deliver("sub_tls", "evt_tls").await;
+
+    let received = receiver.wait_for("/tls", 1, WAIT).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].version, hyper::Version::HTTP_2, "ALPN offers h2");
+    assert_eq!(received[0].body.as_ref(), task.body.as_slice());
+    let headers =
+        ReceivedHeaders::from_lookup(|name| received[0].headers.get(name).map(String::as_str));
+    signing::verify(
+        &secret,
+        &headers,
+        &received[0].body,
+        SystemTime::now(),
+        signing::DEFAULT_TOLERANCE,
+    )
+    .expect("the signature verifies");
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 1);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Success as i32);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_the_private_ca_is_a_tls_failure_and_dead_letters() {
+    let pki = TestPki::new();
+    let harness =
+        Harness::start_with_http("sender-https-noca", &[0], |http| http.allow_http = false).await;
+    let receiver = Receiver::start_tls(Arc::clone(&pki.server_config)).await;
+    harness
+        .subscribe("sub_untrusted", &receiver.url("/untrusted"))
+        .await;
+    harness.deliver("sub_untrusted", "evt_untrusted").await;
+
+    // Attempt 1 and the immediate retry both fail the handshake; then the DLQ.
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 2);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    for attempt in &attempts {
+        assert_eq!(attempt.outcome, AttemptOutcome::TlsError as i32, "{attempt:?}");
+        assert!(attempt.error.contains("UnknownIssuer"), "{attempt:?}");
+    }
+    let letters: Vec<DeadLetter> = harness.read(&harness.names.dlq(), 1);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts.len(), 2);
+    assert!(receiver.connections() >= 1, "the handshake was tried");
+    assert!(
+        receiver.received("/untrusted").is_empty(),
+        "nothing was sent over an untrusted connection"
+    );
     harness.stop().await;
 }

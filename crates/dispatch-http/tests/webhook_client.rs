@@ -15,7 +15,8 @@ use dispatch_http::connector::GuardedConnector;
 use dispatch_http::ssrf::{AddressGuard, ResolveError};
 use dispatch_http::{AttemptResponse, Error, HttpConfig, WebhookClient, WebhookRequest};
 use hyper::Version;
-use support::{PATIENCE, Receiver, Recorded, Reply, TestPki};
+use dispatch_e2e::tls::TestPki;
+use support::{PATIENCE, Receiver, Recorded, Reply};
 
 const BODY: &[u8] = br#"{"id":"evt_123","type":"image.generation.completed","data":{"n":1}}"#;
 const EVENT_ID: &str = "evt_123";

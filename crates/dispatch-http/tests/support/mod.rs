@@ -1,5 +1,5 @@
 //! Test receivers on 127.0.0.1:0 whose answers the test scripts, which record every request and
-//! every accepted connection; and a test PKI (CA + server certificate) for HTTPS receivers.
+//! every accepted connection. The test PKI for HTTPS receivers is `dispatch_e2e::tls::TestPki`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,10 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -254,57 +250,6 @@ impl Body for ReplyBody {
                 *remaining -= size;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..size])))))
             }
-        }
-    }
-}
-
-/// A test CA and a server certificate it issued for `localhost` and `127.0.0.1`.
-#[derive(Debug)]
-pub struct TestPki {
-    pub ca_pem: String,
-    pub server_config: Arc<rustls::ServerConfig>,
-}
-
-impl TestPki {
-    pub fn new() -> Self {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Posternity Dispatch test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("self-signed CA");
-
-        let server_key = KeyPair::generate().expect("server key");
-        let mut server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("server params");
-        server_params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let server_cert = server_params
-            .signed_by(&server_key, &ca)
-            .expect("server certificate");
-
-        let chain: Vec<CertificateDer<'static>> = vec![server_cert.der().clone()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
-        let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server TLS config");
-        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Self {
-            ca_pem: ca.pem(),
-            server_config: Arc::new(server_config),
         }
     }
 }
