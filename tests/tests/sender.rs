@@ -600,7 +600,11 @@ async fn https_with_the_private_ca_configured_delivers_over_http2() {
 
     let received = receiver.wait_for("/tls", 1, WAIT).await;
     assert_eq!(received.len(), 1);
-    assert_eq!(received[0].version, hyper::Version::HTTP_2, "ALPN offers h2");
+    assert_eq!(
+        received[0].version,
+        hyper::Version::HTTP_2,
+        "ALPN offers h2"
+    );
     assert_eq!(received[0].body.as_ref(), task.body.as_slice());
     let headers =
         ReceivedHeaders::from_lookup(|name| received[0].headers.get(name).map(String::as_str));
@@ -633,7 +637,11 @@ async fn https_without_the_private_ca_is_a_tls_failure_and_dead_letters() {
     let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 2);
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     for attempt in &attempts {
-        assert_eq!(attempt.outcome, AttemptOutcome::TlsError as i32, "{attempt:?}");
+        assert_eq!(
+            attempt.outcome,
+            AttemptOutcome::TlsError as i32,
+            "{attempt:?}"
+        );
         assert!(attempt.error.contains("UnknownIssuer"), "{attempt:?}");
     }
     let letters: Vec<DeadLetter> = harness.read(&harness.names.dlq(), 1);

@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use dispatch_core::outcome::AttemptResult;
 use dispatch_core::signing::{DEFAULT_TOLERANCE, ReceivedHeaders, SigningSecret, verify};
+use dispatch_e2e::tls::TestPki;
 use dispatch_http::connector::GuardedConnector;
 use dispatch_http::ssrf::{AddressGuard, ResolveError};
 use dispatch_http::{AttemptResponse, Error, HttpConfig, WebhookClient, WebhookRequest};
 use hyper::Version;
-use dispatch_e2e::tls::TestPki;
 use support::{PATIENCE, Receiver, Recorded, Reply};
 
 const BODY: &[u8] = br#"{"id":"evt_123","type":"image.generation.completed","data":{"n":1}}"#;
