@@ -187,3 +187,47 @@ pub fn payload(message: &OwnedMessage) -> &[u8] {
         )
     })
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a child process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A minimal HTTP/1.1 GET against 127.0.0.1, retried until the server answers (it may still be
+/// starting). Returns status and body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .expect("send request");
+            let mut response = String::new();
+            stream
+                .read_to_string(&mut response)
+                .await
+                .expect("read response");
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(0);
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default();
+            if status == 200 || Instant::now() >= deadline {
+                return (status, body);
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing answers on port {port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -3,7 +3,9 @@
 //! to the healthy endpoints, and their latency from the moment a task was produced to the moment
 //! the receiver got it. With `--hang-fraction 0.1`, 10 % of the endpoints never answer (each
 //! request ends at the HTTP timeout): the healthy endpoints' figures beside a run without hangs
-//! show whether a slow endpoint holds up the others.
+//! show whether a slow endpoint holds up the others. With `--rate 0` every task is in the topic
+//! before the sender starts, and the figure is how fast it drains them: its ceiling on this
+//! machine (latencies then include the time a task waited in the topic and mean little).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,7 +46,8 @@ pub struct SenderArgs {
     /// Delivery tasks to produce.
     #[arg(long, default_value_t = 30_000)]
     tasks: usize,
-    /// Tasks produced per second while the sender runs (spread over the run).
+    /// Tasks produced per second while the sender runs (spread over the run); 0 produces every
+    /// task before the sender starts (flat out: how fast it drains a backlog).
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
     /// Fraction of the endpoints that never answer.
@@ -218,9 +221,7 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         drain_timeout_ms: 1_000,
         ..SenderConfig::default()
     };
-    let engine = Engine::build(&config, sender_config, &[], ctx, view)?;
     let stop = CancellationToken::new();
-    let running = tokio::spawn(engine.run(stop.clone()));
 
     // Produce at the given rate; each body carries its produce time.
     let producer: FutureProducer = config
@@ -230,19 +231,19 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         .set("linger.ms", "1")
         .create()?;
     let healthy_tasks = (0..args.tasks).filter(|i| i % ENDPOINTS >= hanging).count();
-    let cpu_before = crate::fanout::process_cpu_seconds();
-    let started = Instant::now();
     let topic = names.deliveries();
     let tasks = args.tasks;
-    let rate = args.rate.max(1);
+    let rate = args.rate;
     let producer_task = {
         tokio::spawn(async move {
-            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
             let mut next = tokio::time::Instant::now();
             let mut pending = Vec::new();
             for index in 0..tasks {
-                next += interval;
-                tokio::time::sleep_until(next).await;
+                if let Some(interval) = interval {
+                    next += interval;
+                    tokio::time::sleep_until(next).await;
+                }
                 let subscription_id = format!("sub_{:03}", index % ENDPOINTS);
                 let task = DeliveryTask {
                     delivery_id: format!("dlv_{index:07}"),
@@ -273,9 +274,21 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let producer_task = if rate == 0 {
+        // Flat out: the whole backlog is in the topic before the sender starts.
+        producer_task.await.context("producer")?;
+        eprintln!("{tasks} tasks produced; starting the sender");
+        None
+    } else {
+        Some(producer_task)
+    };
+    let cpu_before = crate::fanout::process_cpu_seconds();
+    let started = Instant::now();
+    let engine = Engine::build(&config, sender_config, &[], ctx, view)?;
+    let running = tokio::spawn(engine.run(stop.clone()));
 
     let mut latencies = Vec::with_capacity(healthy_tasks);
-    let deadline = Instant::now() + Duration::from_secs(tasks as u64 / rate + 120);
+    let deadline = Instant::now() + Duration::from_secs(tasks as u64 / rate.max(100) + 120);
     while latencies.len() < healthy_tasks && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(1), latency_rx.recv()).await {
             Ok(Some(latency)) => latencies.push(latency),
@@ -285,7 +298,9 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = crate::fanout::process_cpu_seconds() - cpu_before;
-    producer_task.await.context("producer")?;
+    if let Some(producer_task) = producer_task {
+        producer_task.await.context("producer")?;
+    }
     stop.cancel();
     let _ = running.await;
 
@@ -308,9 +323,13 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         process_cpu_seconds: cpu,
     };
     println!(
-        "sender: {} tasks at {}/s, {} of {} endpoints hanging: healthy {}/{} delivered, {:.0} deliveries/s, latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.1} CPU s",
+        "sender: {} tasks {}, {} of {} endpoints hanging: healthy {}/{} delivered, {:.0} deliveries/s, latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.1} CPU s",
         result.tasks,
-        result.rate_per_second,
+        if rate == 0 {
+            "flat out (backlog produced first)".to_owned()
+        } else {
+            format!("at {rate}/s")
+        },
         result.hanging_endpoints,
         result.endpoints,
         result.healthy_delivered,

@@ -1,17 +1,19 @@
 //! Crash safety of the sender: with thousands of deliveries flowing to a real receiver, `kill -9`
 //! a real `dispatchd sender`, restart it and let a second sender join mid-load: every delivery
 //! reaches the receiver at least once; duplicates are counted and bounded by the window of
-//! uncommitted records.
+//! uncommitted records. The surviving process serves `/readyz` and the sender's metrics, and
+//! exits 0 on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_core::signing::SigningSecret;
+use dispatch_core::timestamp;
 use dispatch_e2e::receiver::{Receiver, Script};
-use dispatch_e2e::{bootstrap, kafka_config, unique_prefix};
+use dispatch_e2e::{bootstrap, free_port, http_get, kafka_config, unique_prefix};
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
@@ -25,7 +27,7 @@ const PER_SUBSCRIPTION: usize = 400;
 const PARTITIONS: i32 = 3;
 const WINDOW: usize = 100;
 
-fn spawn_sender(config_file: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn_sender(config_file: &std::path::Path, log: &std::path::Path, metrics_port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -35,6 +37,10 @@ fn spawn_sender(config_file: &std::path::Path, log: &std::path::Path) -> Child {
         .arg("--config")
         .arg(config_file)
         .arg("sender")
+        .env(
+            "DISPATCH_METRICS__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -144,6 +150,7 @@ listen = "127.0.0.1:0"
             account_id: "acc_crash".into(),
             attempt: 1,
             body: format!("{{\"n\":{index}}}").into_bytes(),
+            occurred_at: Some(timestamp::from_system_time(SystemTime::now())),
             ..DeliveryTask::default()
         };
         expected.push(task.event_id.clone());
@@ -179,7 +186,7 @@ listen = "127.0.0.1:0"
     };
 
     // Kill the first sender hard once a good part has arrived.
-    let mut first = spawn_sender(&config_file, &log);
+    let mut first = spawn_sender(&config_file, &log, free_port());
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(120);
     while received_ids(&receiver).len() < expected.len() / 4 {
@@ -205,9 +212,10 @@ listen = "127.0.0.1:0"
     );
 
     // Restart it, and let a second sender join while the rest flows.
-    let mut restarted = spawn_sender(&config_file, &log);
+    let mut restarted = spawn_sender(&config_file, &log, free_port());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut second = spawn_sender(&config_file, &log);
+    let second_metrics = free_port();
+    let mut second = spawn_sender(&config_file, &log, second_metrics);
 
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -226,9 +234,45 @@ listen = "127.0.0.1:0"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The process that joined mid-load is ready and its metrics moved.
+    let (status, body) = http_get(second_metrics, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = http_get(second_metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "dispatch_sender_attempts_total{outcome=\"success\"}",
+        "dispatch_sender_attempt_duration_seconds_count",
+        "dispatch_sender_event_to_delivery_seconds_count",
+        "dispatch_sender_in_flight_requests",
+        "dispatch_view_subscriptions 5",
+        "dispatch_kafka_consumer_lag_records{group=",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    // SIGTERM: the survivors drain, commit and exit 0.
     for child in [&mut restarted, &mut second] {
-        child.kill().expect("stop");
-        child.wait().expect("reaped");
+        let terminated = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(terminated.success());
+    }
+    for child in [&mut restarted, &mut second] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(status) = child.try_wait().expect("child status") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            exit.success(),
+            "exit after SIGTERM: {exit}; see {}",
+            log.display()
+        );
     }
 
     let received = received_ids(&receiver);
