@@ -1,7 +1,8 @@
 //! The delivery engine against the real broker and real HTTP receivers on 127.0.0.1: signed
 //! delivery and its attempt record; the whole retry schedule (in seconds) ending in the DLQ;
 //! 410 Gone disabling the subscription; no head-of-line blocking on a shared partition; HTTPS
-//! with a private CA, trusted only when configured.
+//! with a private CA, trusted only when configured; a held retry-tier record surviving a
+//! second sender joining and leaving the group.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +42,10 @@ struct Harness {
     writer: SubscriptionWriter,
     view: Arc<SubscriptionView>,
     producer: FutureProducer,
+    /// What [`Self::spawn_engine`] builds another sender of the same group from.
+    http: HttpConfig,
+    schedule: RetrySchedule,
+    group_id: String,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<dispatch_sender::Result<()>>>,
 }
@@ -103,32 +108,56 @@ impl Harness {
             ..HttpConfig::default()
         };
         tweak(&mut http);
-        let ctx = AttemptContext {
-            client: WebhookClient::new(&http).expect("client"),
-            schedule,
-            producer: config.reliable_producer().expect("producer"),
-            names: names.clone(),
-            subscriptions: Arc::new(SubscriptionWriter::new(&config).expect("writer")),
-        };
-        let sender_config = SenderConfig {
-            group_id: format!("{prefix}sender"),
-            // Stopping the harness need not wait for hanging requests.
-            drain_timeout_ms: 3_000,
-            ..SenderConfig::default()
-        };
-        let engine =
-            Engine::build(&config, sender_config, &[], ctx, Arc::clone(&view)).expect("engine");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(engine.run(stop.clone()));
-        Harness {
+        let mut harness = Harness {
             writer: SubscriptionWriter::new(&config).expect("writer"),
             producer: config.reliable_producer().expect("producer"),
             config,
             names,
             view,
-            stop,
-            task: Some(task),
-        }
+            http,
+            schedule,
+            group_id: format!("{prefix}sender"),
+            stop: CancellationToken::new(),
+            task: None,
+        };
+        let (stop, task) = harness.spawn_engine();
+        harness.stop = stop;
+        harness.task = Some(task);
+        harness
+    }
+
+    /// Starts a sender engine of the harness's group (the first, or another one joining it);
+    /// cancel the token to stop it.
+    fn spawn_engine(
+        &self,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<dispatch_sender::Result<()>>,
+    ) {
+        let ctx = AttemptContext {
+            client: WebhookClient::new(&self.http).expect("client"),
+            schedule: self.schedule.clone(),
+            producer: self.config.reliable_producer().expect("producer"),
+            names: self.names.clone(),
+            subscriptions: Arc::new(SubscriptionWriter::new(&self.config).expect("writer")),
+        };
+        let sender_config = SenderConfig {
+            group_id: self.group_id.clone(),
+            // Stopping the harness need not wait for hanging requests.
+            drain_timeout_ms: 3_000,
+            ..SenderConfig::default()
+        };
+        let engine = Engine::build(
+            &self.config,
+            sender_config,
+            &[],
+            ctx,
+            Arc::clone(&self.view),
+        )
+        .expect("engine");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(engine.run(stop.clone()));
+        (stop, task)
     }
 
     /// Writes a subscription to `url` with a fresh secret and waits until the view has it.
@@ -170,6 +199,18 @@ impl Harness {
 
     /// Produces a delivery task of a fresh event for `subscription_id`; returns the task.
     async fn deliver(&self, subscription_id: &str, event_id: &str) -> DeliveryTask {
+        self.deliver_to(&self.names.deliveries(), subscription_id, event_id, |_| {})
+            .await
+    }
+
+    /// As [`Self::deliver`], to `topic` and with the task adjusted by `tweak`.
+    async fn deliver_to(
+        &self,
+        topic: &str,
+        subscription_id: &str,
+        event_id: &str,
+        tweak: impl FnOnce(&mut DeliveryTask),
+    ) -> DeliveryTask {
         let event = Event {
             id: event_id.to_owned(),
             r#type: "studio.review.requested".into(),
@@ -196,12 +237,12 @@ impl Harness {
             created_at: Some(Timestamp::default()),
             ..DeliveryTask::default()
         };
+        let mut task = task;
+        tweak(&mut task);
         let value = task.encode_to_vec();
         self.producer
             .send(
-                FutureRecord::to(&self.names.deliveries())
-                    .key(subscription_id)
-                    .payload(&value),
+                FutureRecord::to(topic).key(subscription_id).payload(&value),
                 Timeout::After(WAIT),
             )
             .await
@@ -651,6 +692,56 @@ async fn https_without_the_private_ca_is_a_tls_failure_and_dead_letters() {
     assert!(
         receiver.received("/untrusted").is_empty(),
         "nothing was sent over an untrusted connection"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_tier_record_survives_a_sender_joining_and_leaving() {
+    // One tier of 20 s; the record is produced straight onto it, due 12 s from now.
+    let harness = Harness::start("sender-hold-rebalance", &[20], Duration::from_secs(5)).await;
+    let receiver = Receiver::start().await;
+    harness.subscribe("sub_held", &receiver.url("/held")).await;
+    let due = SystemTime::now() + Duration::from_secs(12);
+    let tier = harness.names.retry_tier("20s");
+    harness
+        .deliver_to(&tier, "sub_held", "evt_held", |task| {
+            task.attempt = 2;
+            task.not_before = Some(timestamp::from_system_time(due));
+        })
+        .await;
+
+    // While the first sender holds it (its partition paused), a second one joins the group and
+    // then leaves it: two rebalances. Whoever owns the partition at the due time delivers it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (second_stop, second) = harness.spawn_engine();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        receiver.received("/held").is_empty(),
+        "delivered before its not_before"
+    );
+    second_stop.cancel();
+    tokio::time::timeout(WAIT, second)
+        .await
+        .expect("second sender stops in time")
+        .expect("second sender task")
+        .expect("second sender ends cleanly");
+
+    let received = receiver.wait_for("/held", 1, WAIT).await;
+    assert_eq!(
+        received.len(),
+        1,
+        "the held record is delivered once, not lost"
+    );
+    assert!(SystemTime::now() >= due, "delivered before its not_before");
+    assert_eq!(received[0].headers["posternity-attempt"], "2");
+    assert_eq!(
+        receiver
+            .wait_for("/held", 2, Duration::from_secs(2))
+            .await
+            .len(),
+        1,
+        "nothing more arrives"
     );
     harness.stop().await;
 }

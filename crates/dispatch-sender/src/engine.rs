@@ -8,9 +8,21 @@
 //! delivery. Offsets live behind a mutex shared with the consumer's rebalance callback, which
 //! can then wait for in-flight attempts of revoked partitions and commit exactly what finished.
 //!
+//! # Holding retry-tier records until they are due
 //! A retry-tier record that is not due yet is held: its partition is paused (the loop keeps
 //! polling), records librdkafka had already fetched for it are dropped, and when the held
 //! record is due the partition is sought back to just after it and resumed.
+//!
+//! Holding only the head is correct because a tier's records arrive in due order (the same
+//! delay added to times that increase as they are appended); jitter and a capped `Retry-After`
+//! bend that a little, and a record behind such a head waits for it rather than overtaking it.
+//! The librdkafka trap: pausing stops *fetching*, but messages fetched before the pause are
+//! still handed over by later polls — they are dropped without taking their offsets, and the
+//! seek at release reads them again. Pause before seek, seek before resume: a seek on a
+//! fetching partition races the fetcher. On revoke a held record is forgotten: it was taken but
+//! not finished, so the commit position is at or below it and the next owner holds it until the
+//! same `not_before`; librdkafka keeps a paused flag across revoke and re-assign in one
+//! consumer, so an assigned partition is resumed explicitly.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -181,11 +193,20 @@ impl ConsumerContext for SenderContext {
         info!(partitions = revoked.len(), "partitions revoked");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            let mut shared = lock(&self.shared);
-            for element in partitions.elements() {
-                shared.offsets.assign(element.topic(), element.partition());
+            {
+                let mut shared = lock(&self.shared);
+                for element in partitions.elements() {
+                    shared.offsets.assign(element.topic(), element.partition());
+                }
+            }
+            // librdkafka keeps a partition's paused flag across a revoke and a re-assign to the
+            // same consumer; the hold or window that paused it was forgotten on revoke, so
+            // nothing would ever resume it (a test of a held tier record across two rebalances
+            // caught exactly that).
+            if let Err(error) = consumer.resume(partitions) {
+                warn!(%error, "resuming assigned partitions failed");
             }
             info!(partitions = partitions.count(), "partitions assigned");
         }
@@ -345,6 +366,11 @@ impl Engine {
     /// Registers a record as taken and decodes it; `None` when it needs no further work here
     /// (dropped refetch, quarantined).
     fn take(&mut self, message: &BorrowedMessage<'_>) -> Option<(Pending, bool)> {
+        // The poll that returned this message may have run a revoke and a re-assign of its
+        // partition first: forget the old assignment's queue and hold *before* taking it, or
+        // the purge after this turn would drop the new hold along with the old one (and leave
+        // the partition paused with nothing to release it).
+        self.purge_revoked();
         let topic = message.topic().to_owned();
         let partition = message.partition();
         let offset = message.offset();
@@ -811,7 +837,7 @@ impl Engine {
         }
         let revoked: HashSet<(String, i32)> = revoked.into_iter().collect();
         self.held.retain(|key, _| !revoked.contains(key));
-        // librdkafka does not keep a revoked partition's pause; forget ours too.
+        // Our pauses of revoked partitions end with them (an assigned partition is resumed).
         self.window_paused.retain(|key| !revoked.contains(key));
         for queue in self.endpoints.values_mut() {
             let kept: Vec<Pending> = queue

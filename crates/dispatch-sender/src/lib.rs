@@ -10,12 +10,10 @@
 //! - [`endpoint`]: per-subscription queue, in-flight limit, rate limit and circuit breaker.
 //! - [`circuit`]: the per-endpoint circuit breaker (closed, open for a cool-down, one probe).
 //! - [`rate`]: the per-endpoint rate limit (GCRA on the caller's clock).
-//! - [`due`]: the due-time gate of a retry-tier partition (hold, pause, seek, resume).
 #![forbid(unsafe_code)]
 
 pub mod attempt;
 pub mod circuit;
-pub mod due;
 pub mod endpoint;
 pub mod engine;
 pub mod offsets;
