@@ -196,38 +196,58 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A minimal HTTP/1.1 GET against 127.0.0.1, retried until the server answers (it may still be
-/// starting). Returns status and body.
+/// A minimal HTTP/1.1 GET against 127.0.0.1, retried until the server answers 200 (it may still
+/// be starting) or 30 s passed. Returns status and body.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let request =
-                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .expect("send request");
-            let mut response = String::new();
-            stream
-                .read_to_string(&mut response)
-                .await
-                .expect("read response");
-            let status = response
-                .split_whitespace()
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .unwrap_or(0);
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_owned())
-                .unwrap_or_default();
-            if status == 200 || Instant::now() >= deadline {
-                return (status, body);
-            }
+        if let Some((status, body)) = try_http(port, "GET", path, &[], b"").await
+            && (status == 200 || Instant::now() >= deadline)
+        {
+            return (status, body);
         }
         assert!(Instant::now() < deadline, "nothing answers on port {port}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One HTTP/1.1 request against 127.0.0.1 (no retry); `None` when nothing accepts the
+/// connection. Returns status and body.
+pub async fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod publish_cmd;
+mod receiver_cmd;
 mod roles;
 mod topics_cmd;
 
@@ -48,6 +49,8 @@ enum Command {
     Fanout,
     /// Run the sender role: delivery tasks → signed webhooks, retries, dead letters.
     Sender,
+    /// A development webhook endpoint: verifies signatures and prints each webhook.
+    Receiver(receiver_cmd::ReceiverArgs),
 }
 
 impl Command {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish_cmd::publish(&config, &args).await,
             Command::Fanout => roles::fanout(&config).await,
             Command::Sender => roles::sender(&config).await,
+            Command::Receiver(args) => receiver_cmd::run(&args).await,
             Command::CheckConfig => {
                 // SASL/SSL credentials travel in the pass-through table: never print them.
                 let mut shown = config.config.clone();
