@@ -41,6 +41,13 @@ pub fn new_subscription_id(now: SystemTime, rng: &mut impl RngCore) -> String {
     time_ordered(SUBSCRIPTION_ID_PREFIX, now, rng)
 }
 
+/// A new, unique delivery id (`dlv_` + 32 hex digits, ordered by `now`) for a delivery that is
+/// not the fan-out's first of its (event, subscription) pair: a replay from the DLQ must not
+/// share the id of the dead delivery, or its attempts and dead letter would be mixed up with it.
+pub fn new_delivery_id(now: SystemTime, rng: &mut impl RngCore) -> String {
+    time_ordered(DELIVERY_ID_PREFIX, now, rng)
+}
+
 /// The delivery id of `event_id` to `subscription_id`: the same inputs always give the same id.
 pub fn delivery_id(event_id: &str, subscription_id: &str) -> String {
     // The separator cannot occur in either id, so ("a", "bc") and ("ab", "c") never collide.
@@ -78,5 +85,17 @@ mod tests {
         assert_ne!(first, same_ms);
         assert!(later > first && later > same_ms);
         assert!(new_subscription_id(t0, &mut rng).starts_with("sub_"));
+    }
+
+    #[test]
+    fn new_delivery_ids_are_unique_and_shaped_like_deterministic_ones() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let a = new_delivery_id(t0, &mut rng);
+        let b = new_delivery_id(t0, &mut rng);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), delivery_id("evt_1", "sub_1").len());
+        assert!(a.starts_with("dlv_"), "{a}");
+        assert_ne!(a, delivery_id("evt_1", "sub_1"));
     }
 }

@@ -6,6 +6,9 @@
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
 //! - [`matching`]: which subscriptions want an event, through an index.
 //! - [`subscriptions`]: the subscriptions table, a fold of the `dispatch.subscriptions` log.
+//! - [`history`]: each delivery's status and attempts, a bounded fold of `dispatch.attempts`.
+//! - [`dead_letters`]: the live dead letters, a bounded fold of the compacted `dispatch.dlq`.
+//! - [`delivery`]: building delivery tasks: the fan-out's, a replay's, and the test event.
 //! - [`retry`]: the retry schedule: after a failed attempt, retry now, on a tier later, or give up.
 //! - [`outcome`]: an HTTP attempt's result → a classified outcome; `Retry-After` parsing.
 //! - [`ids`]: event, subscription and delivery identifiers.
@@ -16,7 +19,10 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod dead_letters;
+pub mod delivery;
 pub mod event_input;
+pub mod history;
 pub mod ids;
 pub mod matching;
 pub mod outcome;

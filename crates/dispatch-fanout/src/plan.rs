@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use dispatch_core::{ids, render, timestamp};
+use dispatch_core::{delivery, render};
 use dispatch_kafka::topics::TopicNames;
 use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
 use dispatch_proto::events::v1::Event;
@@ -71,7 +71,6 @@ pub fn deliveries(
         reason: e.reason(),
         message: e.to_string(),
     })?;
-    let created_at = Some(timestamp::from_system_time(now));
     Ok(matched
         .iter()
         .map(|subscription| {
@@ -82,22 +81,7 @@ pub fn deliveries(
             };
             PlannedDelivery {
                 topic,
-                task: DeliveryTask {
-                    delivery_id: ids::delivery_id(&event.id, &subscription.id),
-                    event_id: event.id.clone(),
-                    event_type: event.r#type.clone(),
-                    subscription_id: subscription.id.clone(),
-                    account_id: event.account_id.clone(),
-                    attempt: 1,
-                    not_before: None,
-                    first_attempt_at: None,
-                    body: body.clone(),
-                    occurred_at: event.occurred_at,
-                    replay_of: String::new(),
-                    deferrals: 0,
-                    created_at,
-                    attempts: Vec::new(),
-                },
+                task: delivery::new_task(event, body.clone(), subscription, now),
             }
         })
         .collect())
@@ -105,7 +89,7 @@ pub fn deliveries(
 
 #[cfg(test)]
 mod tests {
-    use dispatch_core::catalog;
+    use dispatch_core::{catalog, ids};
     use dispatch_proto::wkt::Timestamp;
 
     use super::*;

@@ -11,6 +11,9 @@
 //! - [`subscription_writer`]: writing subscription records and tombstones.
 //! - [`subscription_view`]: the in-memory subscriptions table every role reads, kept current
 //!   from `dispatch.subscriptions`.
+//! - [`topic_fold`]: any topic folded into an in-memory value by a reader thread; the delivery
+//!   history (`dispatch.attempts`) and dead letters (`dispatch.dlq`) the admin API reads.
+//! - [`task_producer`]: the admin API's writes: delivery tasks and dead-letter tombstones.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +23,10 @@ pub mod publish;
 pub mod quarantine;
 pub mod subscription_view;
 pub mod subscription_writer;
+pub mod task_producer;
+#[cfg(test)]
+mod test_recorder;
+pub mod topic_fold;
 pub mod topics;
 
 pub use client::KafkaConfig;
@@ -104,6 +111,41 @@ pub enum Error {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A wait on a topic fold ran out of time.
+    #[error(
+        "topic fold of {topic}: {waiting_for} not reached within {timeout:?} (next offsets by partition: {next_offsets:?}){}",
+        last_error.as_ref().map(|e| format!("; last consumer error: {e}")).unwrap_or_default()
+    )]
+    FoldTimeout {
+        /// The topic folded.
+        topic: String,
+        /// What was awaited (`catch-up to …`, `offset 17 of partition 2`).
+        waiting_for: String,
+        /// How long we waited.
+        timeout: std::time::Duration,
+        /// Per partition, the offset the fold applies next.
+        next_offsets: Vec<i64>,
+        /// The consumer's last error, if any: usually why it is behind.
+        last_error: Option<String>,
+    },
+    /// A topic fold's reader has stopped (shut down, or it failed).
+    #[error("the topic fold of {topic} has stopped")]
+    FoldStopped {
+        /// The topic folded.
+        topic: String,
+    },
+    /// A partition the topic fold does not read (it reads those that existed at its start).
+    #[error("the topic fold of {topic} does not read partition {partition}")]
+    UnknownPartition {
+        /// The topic folded.
+        topic: String,
+        /// The partition asked about.
+        partition: i32,
+    },
+    /// A record that must not be written (its consumers could not route or read it); nothing
+    /// was written.
+    #[error("refusing to write a record: {0}")]
+    InvalidRecord(String),
 }
 
 /// Results of this crate.

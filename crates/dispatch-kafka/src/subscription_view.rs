@@ -592,56 +592,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::atomic::AtomicU64;
 
-    use metrics::{
-        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-    };
-
     use super::*;
-
-    /// Records counters and gauges by `name{label=value,…}`, for asserting which metrics moved.
-    #[derive(Default)]
-    struct TestRecorder {
-        values: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
-    }
-
-    impl TestRecorder {
-        fn handle(&self, key: &Key) -> Arc<AtomicU64> {
-            let labels: Vec<String> = key
-                .labels()
-                .map(|label| format!("{}={}", label.key(), label.value()))
-                .collect();
-            let name = format!("{}{{{}}}", key.name(), labels.join(","));
-            let mut values = self.values.lock().expect("test recorder lock");
-            Arc::clone(values.entry(name).or_default())
-        }
-
-        fn counter(&self, name: &str) -> u64 {
-            let values = self.values.lock().expect("test recorder lock");
-            values.get(name).map_or(0, |v| v.load(Ordering::Relaxed))
-        }
-
-        fn gauge(&self, name: &str) -> Option<f64> {
-            let values = self.values.lock().expect("test recorder lock");
-            values
-                .get(name)
-                .map(|v| f64::from_bits(v.load(Ordering::Relaxed)))
-        }
-    }
-
-    impl Recorder for TestRecorder {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            Counter::from_arc(self.handle(key))
-        }
-        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::from_arc(self.handle(key))
-        }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::noop()
-        }
-    }
+    use crate::test_recorder::TestRecorder;
 
     fn subscription(id: &str, version: u64, url: &str) -> Vec<u8> {
         Subscription {

@@ -56,6 +56,22 @@ pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_
 /// Counter, label `reason`: deliveries not attempted because the subscription was deleted or disabled.
 pub const SENDER_SKIPPED_TOTAL: &str = "dispatch_sender_skipped_total";
 
+// --- topic folds (the admin API's delivery history and dead letters) ------------------------------
+
+/// Counter, labels `fold`, `reason`: records a topic fold skipped (undecodable, incomplete).
+pub const FOLD_RECORDS_INVALID_TOTAL: &str = "dispatch_fold_records_invalid_total";
+/// Gauge, label `fold`: entries held by a bounded topic fold (deliveries, dead letters).
+pub const FOLD_ENTRIES: &str = "dispatch_fold_entries";
+/// Counter, label `fold`: entries a bounded topic fold dropped to stay within its bound.
+pub const FOLD_ENTRIES_EVICTED_TOTAL: &str = "dispatch_fold_entries_evicted_total";
+
+// --- admin API ----------------------------------------------------------------------------------
+
+/// Histogram, labels `route`, `method`, `status_class`: seconds from a request's arrival to its response.
+pub const API_REQUEST_DURATION_SECONDS: &str = "dispatch_api_request_duration_seconds";
+/// Counter: dead letters replayed through the admin API (a new attempt series queued, the entry removed).
+pub const API_DEAD_LETTERS_REPLAYED_TOTAL: &str = "dispatch_api_dead_letters_replayed_total";
+
 // --- Kafka clients (every role) -----------------------------------------------------------------
 
 /// Gauge, labels `group`, `topic`, `partition`: consumer lag from librdkafka statistics.
@@ -243,6 +259,41 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "deliveries",
         labels: &["reason"],
         help: "Deliveries not attempted because the subscription was deleted or disabled.",
+    },
+    MetricSpec {
+        name: FOLD_RECORDS_INVALID_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "records",
+        labels: &["fold", "reason"],
+        help: "Records a topic fold skipped because it could not use them (undecodable, incomplete).",
+    },
+    MetricSpec {
+        name: FOLD_ENTRIES,
+        kind: MetricKind::Gauge,
+        unit: "entries",
+        labels: &["fold"],
+        help: "Entries held by a bounded topic fold (deliveries of the history, dead letters).",
+    },
+    MetricSpec {
+        name: FOLD_ENTRIES_EVICTED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "entries",
+        labels: &["fold"],
+        help: "Entries a bounded topic fold dropped to stay within its bound.",
+    },
+    MetricSpec {
+        name: API_REQUEST_DURATION_SECONDS,
+        kind: MetricKind::Histogram,
+        unit: "seconds",
+        labels: &["route", "method", "status_class"],
+        help: "Seconds from an admin API request's arrival to its response.",
+    },
+    MetricSpec {
+        name: API_DEAD_LETTERS_REPLAYED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "deliveries",
+        labels: &[],
+        help: "Dead letters replayed through the admin API (a new attempt series queued, the entry removed).",
     },
     MetricSpec {
         name: KAFKA_CONSUMER_LAG_RECORDS,
