@@ -19,17 +19,17 @@ help: ## Show the targets.
 build: ## Build every crate (debug).
 	$(CARGO) build --workspace --all-targets
 
-run: ## Start the broker, create the topics, say what to do next.
+run: ## The whole system on the local broker: Kafka, every topic, then `dispatchd all` in the foreground (Ctrl-C stops it).
 	$(CARGO) build -p dispatchd
 	$(KAFKA) start
-	./target/debug/dispatchd --config $(DEV_CONFIG) topics ensure
+	./target/debug/dispatchd --config $(DEV_CONFIG) --bootstrap-servers "$$($(KAFKA) bootstrap)" topics ensure
 	@echo
-	@echo "Kafka is running on $$($(KAFKA) bootstrap) with every topic of the design."
-	@echo "Run the fan-out (metrics on http://127.0.0.1:9464/metrics):"
-	@echo "  ./target/debug/dispatchd -c $(DEV_CONFIG) fanout"
-	@echo "Publish an event:"
-	@echo "  ./target/debug/dispatchd -c $(DEV_CONFIG) publish '{\"type\":\"image.generation.started\",\"account_id\":\"acc_demo\",\"data\":{\"generation_id\":\"gen_1\"}}'"
-	@echo "Stop the broker with: make kafka-down"
+	@echo "Kafka: $$($(KAFKA) bootstrap) (stop it with: make kafka-down)"
+	@echo "Admin API: http://127.0.0.1:8080 (tokens dev-token for acc_demo, ops-token for operators)"
+	@echo "Metrics:   http://127.0.0.1:9464/metrics, /healthz, /readyz"
+	@echo "Quick start: README.md, 'Your first webhook'."
+	@echo
+	exec ./target/debug/dispatchd --config $(DEV_CONFIG) --bootstrap-servers "$$($(KAFKA) bootstrap)" all
 
 test: ## Run every test; starts a broker if none runs on its port, and stops what it started.
 	$(CARGO) build --workspace --all-targets

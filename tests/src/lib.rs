@@ -251,3 +251,30 @@ pub async fn try_http(
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Sends SIGTERM to each child, then waits (at most 30 s each) for every one to exit, asserting
+/// a clean exit 0 — what a graceful drain must end in. `log` is named in the failure message.
+pub async fn terminate_cleanly(children: &mut [&mut std::process::Child], log: &std::path::Path) {
+    for child in children.iter() {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {}", child.id());
+    }
+    for child in children.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(status) = child.try_wait().expect("child status") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            exit.success(),
+            "exit after SIGTERM: {exit}; see {}",
+            log.display()
+        );
+    }
+}

@@ -32,6 +32,8 @@ pub struct DispatchConfig {
     pub http: dispatch_http::HttpConfig,
     /// Telemetry server and start-up limits of every role.
     pub metrics: crate::roles::MetricsConfig,
+    /// The admin API role (checked only by the roles that serve it: `api`, `all`).
+    pub api: dispatch_api::ApiConfig,
 }
 
 /// Overrides given on the command line (highest precedence).
@@ -53,6 +55,15 @@ pub struct ValidConfig {
 }
 
 impl ValidConfig {
+    /// The `[api]` table, checked: only the roles that serve the API need its tokens.
+    pub fn api(&self) -> anyhow::Result<&dispatch_api::ApiConfig> {
+        self.config
+            .api
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(&self.config.api)
+    }
+
     /// The names of the retry tiers (`1m`, `5m`, ...), the suffixes of their topics.
     pub fn retry_tier_names(&self) -> Vec<String> {
         self.retry
@@ -61,6 +72,25 @@ impl ValidConfig {
             .map(|t| t.name().to_owned())
             .collect()
     }
+}
+
+/// The short form of `retry.delays` in the environment.
+const RETRY_SCHEDULE_ENV: &str = "DISPATCH_RETRY_SCHEDULE";
+/// [`RETRY_SCHEDULE_ENV`] as figment's `Env` provider sees it (prefix stripped, lower case).
+const RETRY_SCHEDULE_KEY: &str = "retry_schedule";
+
+/// `0s, 1s,2s` → `["0s", "1s", "2s"]`; each delay is checked by the retry table itself.
+fn schedule_delays(text: &str) -> anyhow::Result<Vec<String>> {
+    let delays: Vec<String> = text
+        .split(',')
+        .map(|delay| delay.trim().to_owned())
+        .collect();
+    if delays.iter().any(String::is_empty) {
+        bail!(
+            "invalid configuration: {RETRY_SCHEDULE_ENV}: {text:?} is not a comma-separated list of delays such as 0s,1m,5m"
+        );
+    }
+    Ok(delays)
 }
 
 /// Loads file → environment → flags, and validates.
@@ -73,8 +103,17 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<ValidC
         figment = figment.merge(Toml::file(file));
     }
     // DISPATCH_KAFKA__BOOTSTRAP_SERVERS=… sets kafka.bootstrap_servers. DISPATCH_CONFIG names the
-    // file itself and is not a key.
-    figment = figment.merge(Env::prefixed("DISPATCH_").split("__").ignore(&["config"]));
+    // file itself and is not a key; DISPATCH_RETRY_SCHEDULE is the short form below.
+    figment = figment.merge(
+        Env::prefixed("DISPATCH_")
+            .split("__")
+            .ignore(&["config", RETRY_SCHEDULE_KEY]),
+    );
+    // DISPATCH_RETRY_SCHEDULE=0s,1s,2s sets retry.delays: a whole schedule in one variable, the
+    // way demos and tests shorten it (an environment variable cannot carry a TOML list).
+    if let Ok(schedule) = std::env::var(RETRY_SCHEDULE_ENV) {
+        figment = figment.merge(("retry.delays", schedule_delays(&schedule)?));
+    }
     if let Some(servers) = &flags.bootstrap_servers {
         figment = figment.merge(("kafka.bootstrap_servers", servers));
     }
@@ -179,6 +218,28 @@ mod tests {
         assert!(
             error_of("[sender.endpoint]\nmax_backlog = 0").contains("sender.endpoint.max_backlog")
         );
+    }
+
+    #[test]
+    fn the_short_schedule_form_splits_on_commas() {
+        assert_eq!(
+            schedule_delays("0s, 1s,2s").expect("valid"),
+            ["0s", "1s", "2s"]
+        );
+        assert!(
+            format!("{:#}", schedule_delays("0s,,1s").expect_err("empty"))
+                .contains("DISPATCH_RETRY_SCHEDULE")
+        );
+    }
+
+    #[test]
+    fn the_api_table_is_checked_only_when_asked() {
+        let valid = from_toml("").expect("no [api] table is fine for fanout and sender");
+        assert!(format!("{:#}", valid.api().expect_err("no tokens")).contains("api.tokens"));
+        let valid = from_toml("[[api.tokens]]\ntoken = 'dev-token'\naccount_id = 'acc_demo'")
+            .expect("valid");
+        assert_eq!(valid.api().expect("tokens").tokens.len(), 1);
+        assert!(error_of("[api]\nlisten_on = 1").contains("listen_on"));
     }
 
     #[test]

@@ -49,6 +49,10 @@ enum Command {
     Fanout,
     /// Run the sender role: delivery tasks → signed webhooks, retries, dead letters.
     Sender,
+    /// Run the admin API: subscriptions, secrets, test events, delivery status, the DLQ.
+    Api,
+    /// Run the fan-out, the sender and the admin API in one process (development, small sites).
+    All,
     /// A development webhook endpoint: verifies signatures and prints each webhook.
     Receiver(receiver_cmd::ReceiverArgs),
 }
@@ -56,7 +60,10 @@ enum Command {
 impl Command {
     /// Long-running roles (as opposed to one-shot tools).
     fn is_role(&self) -> bool {
-        matches!(self, Command::Fanout | Command::Sender)
+        matches!(
+            self,
+            Command::Fanout | Command::Sender | Command::Api | Command::All
+        )
     }
 }
 
@@ -116,6 +123,8 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish_cmd::publish(&config, &args).await,
             Command::Fanout => roles::fanout(&config).await,
             Command::Sender => roles::sender(&config).await,
+            Command::Api => roles::api(&config).await,
+            Command::All => roles::all(&config).await,
             Command::Receiver(args) => receiver_cmd::run(&args).await,
             Command::CheckConfig => {
                 // SASL/SSL credentials travel in the pass-through table: never print them.

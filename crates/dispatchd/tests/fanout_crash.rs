@@ -11,7 +11,7 @@ use dispatch_core::catalog::{self, Family};
 use dispatch_core::event_input::PublishableEvent;
 use dispatch_e2e::{
     bootstrap, free_port, group_committed_total, http_get, kafka_config, payload, read_expecting,
-    record_count, unique_prefix,
+    record_count, terminate_cleanly, unique_prefix,
 };
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::publish::EventPublisher;
@@ -207,24 +207,7 @@ listen = "127.0.0.1:0"
     }
 
     // SIGTERM: the process finishes its transaction, leaves the group and exits 0.
-    let terminated = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(terminated.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(status) = child.try_wait().expect("child status") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        exit.success(),
-        "exit after SIGTERM: {exit}; see {}",
-        log.display()
-    );
+    terminate_cleanly(&mut [&mut child], &log).await;
 
     let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
     for record in &records {

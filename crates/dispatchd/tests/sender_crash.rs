@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use dispatch_core::signing::SigningSecret;
 use dispatch_core::timestamp;
 use dispatch_e2e::receiver::{Receiver, Script};
-use dispatch_e2e::{bootstrap, free_port, http_get, kafka_config, unique_prefix};
+use dispatch_e2e::{
+    bootstrap, free_port, http_get, kafka_config, terminate_cleanly, unique_prefix,
+};
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
@@ -252,28 +254,7 @@ listen = "127.0.0.1:0"
     }
 
     // SIGTERM: the survivors drain, commit and exit 0.
-    for child in [&mut restarted, &mut second] {
-        let terminated = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(terminated.success());
-    }
-    for child in [&mut restarted, &mut second] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(status) = child.try_wait().expect("child status") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(
-            exit.success(),
-            "exit after SIGTERM: {exit}; see {}",
-            log.display()
-        );
-    }
+    terminate_cleanly(&mut [&mut restarted, &mut second], &log).await;
 
     let received = received_ids(&receiver);
     let duplicates: usize = received.values().map(|count| count - 1).sum();
