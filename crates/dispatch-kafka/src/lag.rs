@@ -18,25 +18,84 @@ pub fn statistics_interval(config: &crate::KafkaConfig) -> &str {
         .map_or(STATISTICS_INTERVAL_MS, String::as_str)
 }
 
-/// Sets the lag gauge of every partition this consumer fetches. librdkafka reports -1 for a
-/// partition it has no position or high watermark for yet; those are skipped. `topic_prefix` is
-/// removed from the label so dashboards work across environments; partitions are a bounded set
-/// (the topic's partition count).
+/// Sets the lag gauge of every partition this consumer fetches: librdkafka's `consumer_lag`
+/// (end of the partition − committed offset) where it knows the committed offset, else the end
+/// − the position the consumer reached (`app_offset`). The fallback covers consumers whose
+/// commits librdkafka does not see — the fan-out commits through its producer's transactions —
+/// and readers that never commit (the admin API's folds); without it their lag would be
+/// unknown. The end is the last stable offset (we read committed data) when known. Partitions
+/// with neither are skipped. `topic_prefix` is removed from the label so dashboards work across
+/// environments; partitions are a bounded set (the topic's partition count).
 pub fn record_consumer_lag(group: &str, topic_prefix: &str, statistics: &Statistics) {
     for (topic, stats) in &statistics.topics {
         let label = topic.strip_prefix(topic_prefix).unwrap_or(topic).to_owned();
         for (partition, partition_stats) in &stats.partitions {
-            // -1 is librdkafka's internal UA partition and "unknown" lags.
-            if *partition < 0 || partition_stats.consumer_lag < 0 {
+            // -1 is librdkafka's internal UA partition.
+            if *partition < 0 {
                 continue;
             }
+            let Some(lag) = lag_of(partition_stats) else {
+                continue;
+            };
             metrics::gauge!(
                 KAFKA_CONSUMER_LAG_RECORDS,
                 "group" => group.to_owned(),
                 "topic" => label.clone(),
                 "partition" => partition.to_string()
             )
-            .set(partition_stats.consumer_lag as f64);
+            .set(lag as f64);
         }
+    }
+}
+
+/// One partition's lag, if librdkafka's statistics say enough to tell.
+fn lag_of(partition: &rdkafka::statistics::Partition) -> Option<i64> {
+    if partition.consumer_lag >= 0 {
+        return Some(partition.consumer_lag);
+    }
+    let end = if partition.ls_offset >= 0 {
+        partition.ls_offset
+    } else {
+        partition.hi_offset
+    };
+    (end >= 0 && partition.app_offset >= 0).then(|| (end - partition.app_offset).max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::statistics::Partition;
+
+    use super::lag_of;
+
+    fn partition(consumer_lag: i64, ls: i64, hi: i64, app: i64) -> Partition {
+        Partition {
+            consumer_lag,
+            ls_offset: ls,
+            hi_offset: hi,
+            app_offset: app,
+            ..Partition::default()
+        }
+    }
+
+    #[test]
+    fn librdkafka_lag_wins_where_it_knows_the_committed_offset() {
+        assert_eq!(lag_of(&partition(7, 100, 100, 99)), Some(7));
+    }
+
+    #[test]
+    fn without_a_known_commit_the_position_reached_counts() {
+        assert_eq!(lag_of(&partition(-1, 100, 120, 90)), Some(10), "stable end");
+        assert_eq!(
+            lag_of(&partition(-1, -1, 120, 90)),
+            Some(30),
+            "high watermark"
+        );
+        assert_eq!(lag_of(&partition(-1, 100, 100, 100)), Some(0));
+    }
+
+    #[test]
+    fn nothing_known_is_no_value() {
+        assert_eq!(lag_of(&partition(-1, -1, -1, 5)), None);
+        assert_eq!(lag_of(&partition(-1, 100, 100, -1001)), None);
     }
 }

@@ -589,9 +589,6 @@ fn is_transient(error: &KafkaError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::AtomicU64;
-
     use super::*;
     use crate::test_recorder::TestRecorder;
 

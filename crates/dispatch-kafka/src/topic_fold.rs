@@ -43,6 +43,7 @@ use dispatch_telemetry::names::{
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -99,6 +100,10 @@ struct Shared<F> {
 /// out of the error log.
 struct FoldContext {
     topic: String,
+    /// Removed from the lag gauge's topic label.
+    topic_prefix: String,
+    /// The lag gauge's `group` label: a fold joins no group, so `reader:<topic without prefix>`.
+    lag_group: String,
 }
 
 impl ClientContext for FoldContext {
@@ -111,6 +116,11 @@ impl ClientContext for FoldContext {
         } else {
             tracing::error!(topic = %self.topic, %error, reason, "librdkafka error in a topic fold");
         }
+    }
+
+    /// How far the fold is behind its topic, on the same gauge as the roles' consumers.
+    fn stats(&self, statistics: Statistics) {
+        crate::lag::record_consumer_lag(&self.lag_group, &self.topic_prefix, &statistics);
     }
 }
 
@@ -158,10 +168,17 @@ impl<F: RecordFold> TopicFold<F> {
             // offsets below the target hold nothing it can see.
             .set("enable.partition.eof", "true")
             // If retention moves the log start past the reader, the earliest record left is next.
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "statistics.interval.ms",
+                crate::lag::statistics_interval(config),
+            );
+        let unprefixed = topic.strip_prefix(&config.topic_prefix).unwrap_or(topic);
         let consumer: BaseConsumer<FoldContext> = client_config
             .create_with_context(FoldContext {
                 topic: topic.to_owned(),
+                topic_prefix: config.topic_prefix.clone(),
+                lag_group: format!("reader:{unprefixed}"),
             })
             .map_err(Error::Client)?;
 
@@ -720,10 +737,6 @@ impl RecordFold for DeadLetterFold {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-    use std::sync::atomic::AtomicU64;
-
     use dispatch_core::dead_letters::DeadLetterFilter;
     use dispatch_core::history::DeliveryState;
     use dispatch_proto::dispatch::v1::next_action::{Action, Done};

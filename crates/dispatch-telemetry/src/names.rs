@@ -300,7 +300,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: MetricKind::Gauge,
         unit: "records",
         labels: &["group", "topic", "partition"],
-        help: "Consumer lag per partition, from librdkafka statistics.",
+        help: "Consumer lag per partition, from librdkafka statistics: the roles' consumer groups, and the admin API's topic readers (group `reader:<topic>`).",
     },
 ];
 

@@ -7,7 +7,7 @@
 //! stops the process cleanly.
 
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_core::signing::{self, ReceivedHeaders, SigningSecret};
@@ -300,6 +300,18 @@ account_id = "{ACCOUNT}"
         verifies(request, &ok_secret),
         "the old secret still verifies"
     );
+
+    // One process, every role's lag on one gauge: both consumer groups and the API's readers.
+    let (_, metrics) = http_get(metrics_port, "/metrics").await;
+    for group in [
+        format!("{prefix}fanout"),
+        format!("{prefix}sender"),
+        "reader:dispatch.attempts".to_owned(),
+        "reader:dispatch.dlq".to_owned(),
+    ] {
+        let line = format!("dispatch_kafka_consumer_lag_records{{group=\"{group}\"");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
 
     terminate_cleanly(&mut [&mut child], &log).await;
     let _ = std::fs::remove_dir_all(&dir);
