@@ -252,9 +252,37 @@ pub async fn try_http(
     Some((status, body))
 }
 
+/// A child process (a `dispatchd` role under test) that is killed when dropped: a test that
+/// fails half-way must not leave a role running and consuming from the shared broker.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sends SIGTERM to each child, then waits (at most 30 s each) for every one to exit, asserting
 /// a clean exit 0 — what a graceful drain must end in. `log` is named in the failure message.
-pub async fn terminate_cleanly(children: &mut [&mut std::process::Child], log: &std::path::Path) {
+pub async fn terminate_cleanly(children: &mut [&mut KillOnDrop], log: &std::path::Path) {
     for child in children.iter() {
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

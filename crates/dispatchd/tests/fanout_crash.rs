@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dispatch_core::catalog::{self, Family};
 use dispatch_core::event_input::PublishableEvent;
 use dispatch_e2e::{
-    bootstrap, free_port, group_committed_total, http_get, kafka_config, payload, read_expecting,
-    record_count, terminate_cleanly, unique_prefix,
+    KillOnDrop, bootstrap, free_port, group_committed_total, http_get, kafka_config, payload,
+    read_expecting, record_count, terminate_cleanly, unique_prefix,
 };
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::publish::EventPublisher;
@@ -27,7 +27,11 @@ const SUBSCRIBERS: usize = 3;
 
 /// A `dispatchd fanout` child process configured through a file (the librdkafka pass-through
 /// keys contain dots, which environment variables cannot carry).
-fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path, metrics_port: u16) -> Child {
+fn spawn_fanout(
+    config_file: &std::path::Path,
+    log: &std::path::Path,
+    metrics_port: u16,
+) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -45,6 +49,7 @@ fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path, metrics_po
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(KillOnDrop)
         .expect("dispatchd fanout starts")
 }
 

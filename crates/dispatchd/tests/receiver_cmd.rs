@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use dispatch_core::signing::{self, SigningSecret};
-use dispatch_e2e::{free_port, try_http};
+use dispatch_e2e::{KillOnDrop, free_port, try_http};
 
 const BODY: &[u8] = br#"{"id":"evt_1","type":"webhook.test","data":{}}"#;
 
@@ -44,6 +44,7 @@ async fn verifies_with_any_given_secret_and_answers_as_told() {
         .stdout(std::fs::File::create(&out).expect("output file"))
         .stderr(Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .expect("dispatchd receiver starts");
 
     assert_eq!(

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +14,7 @@ use dispatch_core::signing::SigningSecret;
 use dispatch_core::timestamp;
 use dispatch_e2e::receiver::{Receiver, Script};
 use dispatch_e2e::{
-    bootstrap, free_port, http_get, kafka_config, terminate_cleanly, unique_prefix,
+    KillOnDrop, bootstrap, free_port, http_get, kafka_config, terminate_cleanly, unique_prefix,
 };
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
@@ -29,7 +29,11 @@ const PER_SUBSCRIPTION: usize = 400;
 const PARTITIONS: i32 = 3;
 const WINDOW: usize = 100;
 
-fn spawn_sender(config_file: &std::path::Path, log: &std::path::Path, metrics_port: u16) -> Child {
+fn spawn_sender(
+    config_file: &std::path::Path,
+    log: &std::path::Path,
+    metrics_port: u16,
+) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -47,6 +51,7 @@ fn spawn_sender(config_file: &std::path::Path, log: &std::path::Path, metrics_po
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(KillOnDrop)
         .expect("dispatchd sender starts")
 }
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_core::signing::{self, ReceivedHeaders, SigningSecret};
 use dispatch_e2e::receiver::{Received, Receiver, Script};
-use dispatch_e2e::{bootstrap, free_port, http_get, terminate_cleanly, try_http, unique_prefix};
+use dispatch_e2e::{
+    KillOnDrop, bootstrap, free_port, http_get, terminate_cleanly, try_http, unique_prefix,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -184,6 +186,7 @@ account_id = "{ACCOUNT}"
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
+        .map(KillOnDrop)
         .expect("dispatchd all starts");
     let (status, body) = http_get(metrics_port, "/readyz").await;
     assert_eq!(status, 200, "{body}; see {}", log.display());
