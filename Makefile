@@ -53,6 +53,38 @@ bench-sender: ## Sender: healthy deliveries/s and latency at RATE (2000/s), with
 	$(CARGO) build --release -p dispatch-bench
 	$(WITH_KAFKA) bash -c './target/release/dispatch-bench sender --rate $${RATE:-2000} --tasks $${TASKS:-40000} && ./target/release/dispatch-bench sender --rate $${RATE:-2000} --tasks $${TASKS:-40000} --hang-fraction 0.1'
 
+# The Helm chart's check. helm is built from its Go module into .cache/bin on first use (a few
+# minutes on 2 cores; the Go module proxy serves it) and PyYAML comes from PyPI when missing.
+HELM_VERSION := v3.22.0
+HELM := .cache/bin/helm
+PYYAML_VERSION := 6.0.3
+.PHONY: helm-check
+helm-check: ## Lint and render the Helm chart (default and ci/ values), check the manifests against dispatchd's own view of the rendered config.
+	@if [ ! -x $(HELM) ] || [ "$$(cat $(HELM).version 2>/dev/null)" != "$(HELM_VERSION)" ]; then \
+	  echo "building helm $(HELM_VERSION) into .cache/bin (first time only, a few minutes)"; \
+	  GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	  echo $(HELM_VERSION) > $(HELM).version; \
+	fi
+	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --user --quiet pyyaml==$(PYYAML_VERSION) \
+	  || python3 -m pip install --quiet pyyaml==$(PYYAML_VERSION)
+	$(CARGO) build -p dispatchd
+	python3 deploy/helm/check-chart.py --helm $(HELM) --dispatchd target/debug/dispatchd helm/posternity-dispatch
+
+# Prometheus' own checks of deploy/prometheus (not part of `make test`: promtool is built from its
+# Go module into .cache/bin on first use, about 20 minutes on 2 cores). `make test` checks the
+# same files' metric names against the catalogue without it (crates/dispatch-telemetry/tests).
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := .cache/bin/promtool
+.PHONY: promtool-check
+promtool-check: ## promtool: check the scrape config and alert rules, and run the alerts' unit tests.
+	@if [ ! -x $(PROMTOOL) ] || [ "$$(cat $(PROMTOOL).version 2>/dev/null)" != "$(PROMTOOL_VERSION)" ]; then \
+	  echo "building promtool $(PROMTOOL_VERSION) into .cache/bin (first time only, about 20 minutes)"; \
+	  GOBIN=$(CURDIR)/.cache/bin go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION); \
+	  echo $(PROMTOOL_VERSION) > $(PROMTOOL).version; \
+	fi
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
+
 kafka-up: ## Start the local single-node Kafka (fetches it on first use).
 	$(KAFKA) start
 
