@@ -129,7 +129,12 @@ struct FanoutContext {
 
 impl ClientContext for FanoutContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        dispatch_kafka::lag::record_consumer_lag(&self.group, &self.topic_prefix, &statistics);
+        dispatch_kafka::lag::record_consumer_lag(
+            &self.group,
+            &self.topic_prefix,
+            dispatch_kafka::lag::LagBasis::Position,
+            &statistics,
+        );
     }
 }
 

@@ -18,15 +18,30 @@ pub fn statistics_interval(config: &crate::KafkaConfig) -> &str {
         .map_or(STATISTICS_INTERVAL_MS, String::as_str)
 }
 
-/// Sets the lag gauge of every partition this consumer fetches: librdkafka's `consumer_lag`
-/// (end of the partition − committed offset) where it knows the committed offset, else the end
-/// − the position the consumer reached (`app_offset`). The fallback covers consumers whose
-/// commits librdkafka does not see — the fan-out commits through its producer's transactions —
-/// and readers that never commit (the admin API's folds); without it their lag would be
-/// unknown. The end is the last stable offset (we read committed data) when known. Partitions
-/// with neither are skipped. `topic_prefix` is removed from the label so dashboards work across
-/// environments; partitions are a bounded set (the topic's partition count).
-pub fn record_consumer_lag(group: &str, topic_prefix: &str, statistics: &Statistics) {
+/// What a consumer's lag is measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagBasis {
+    /// The group's committed offset, as librdkafka reports it (`consumer_lag`): for consumers
+    /// that commit through themselves (the sender). Where it is not known yet, the position.
+    Committed,
+    /// The position the consumer reached (`app_offset`): for consumers whose commits
+    /// librdkafka never sees — the fan-out commits through its producer's transactions, so the
+    /// committed offset librdkafka fetched at assignment goes stale and `consumer_lag` grows
+    /// with every event — and for readers that never commit (the admin API's folds).
+    Position,
+}
+
+/// Sets the lag gauge of every partition this consumer fetches, measured from `basis`, to the
+/// end of the partition (the last stable offset — we read committed data — when known, else the
+/// high watermark). Partitions where librdkafka knows too little are skipped. `topic_prefix` is
+/// removed from the label so dashboards work across environments; partitions are a bounded set
+/// (the topic's partition count).
+pub fn record_consumer_lag(
+    group: &str,
+    topic_prefix: &str,
+    basis: LagBasis,
+    statistics: &Statistics,
+) {
     for (topic, stats) in &statistics.topics {
         let label = topic.strip_prefix(topic_prefix).unwrap_or(topic).to_owned();
         for (partition, partition_stats) in &stats.partitions {
@@ -34,7 +49,7 @@ pub fn record_consumer_lag(group: &str, topic_prefix: &str, statistics: &Statist
             if *partition < 0 {
                 continue;
             }
-            let Some(lag) = lag_of(partition_stats) else {
+            let Some(lag) = lag_of(partition_stats, basis) else {
                 continue;
             };
             metrics::gauge!(
@@ -49,8 +64,8 @@ pub fn record_consumer_lag(group: &str, topic_prefix: &str, statistics: &Statist
 }
 
 /// One partition's lag, if librdkafka's statistics say enough to tell.
-fn lag_of(partition: &rdkafka::statistics::Partition) -> Option<i64> {
-    if partition.consumer_lag >= 0 {
+fn lag_of(partition: &rdkafka::statistics::Partition, basis: LagBasis) -> Option<i64> {
+    if basis == LagBasis::Committed && partition.consumer_lag >= 0 {
         return Some(partition.consumer_lag);
     }
     let end = if partition.ls_offset >= 0 {
@@ -65,7 +80,7 @@ fn lag_of(partition: &rdkafka::statistics::Partition) -> Option<i64> {
 mod tests {
     use rdkafka::statistics::Partition;
 
-    use super::lag_of;
+    use super::{LagBasis, lag_of};
 
     fn partition(consumer_lag: i64, ls: i64, hi: i64, app: i64) -> Partition {
         Partition {
@@ -79,23 +94,41 @@ mod tests {
 
     #[test]
     fn librdkafka_lag_wins_where_it_knows_the_committed_offset() {
-        assert_eq!(lag_of(&partition(7, 100, 100, 99)), Some(7));
+        assert_eq!(
+            lag_of(&partition(7, 100, 100, 99), LagBasis::Committed),
+            Some(7)
+        );
+        // A stale committed offset (transactional commits) is ignored where position counts.
+        assert_eq!(
+            lag_of(&partition(7, 100, 100, 99), LagBasis::Position),
+            Some(1)
+        );
     }
 
     #[test]
     fn without_a_known_commit_the_position_reached_counts() {
-        assert_eq!(lag_of(&partition(-1, 100, 120, 90)), Some(10), "stable end");
         assert_eq!(
-            lag_of(&partition(-1, -1, 120, 90)),
+            lag_of(&partition(-1, 100, 120, 90), LagBasis::Committed),
+            Some(10),
+            "stable end"
+        );
+        assert_eq!(
+            lag_of(&partition(-1, -1, 120, 90), LagBasis::Committed),
             Some(30),
             "high watermark"
         );
-        assert_eq!(lag_of(&partition(-1, 100, 100, 100)), Some(0));
+        assert_eq!(
+            lag_of(&partition(-1, 100, 100, 100), LagBasis::Committed),
+            Some(0)
+        );
     }
 
     #[test]
     fn nothing_known_is_no_value() {
-        assert_eq!(lag_of(&partition(-1, -1, -1, 5)), None);
-        assert_eq!(lag_of(&partition(-1, 100, 100, -1001)), None);
+        assert_eq!(lag_of(&partition(-1, -1, -1, 5), LagBasis::Committed), None);
+        assert_eq!(
+            lag_of(&partition(-1, 100, 100, -1001), LagBasis::Committed),
+            None
+        );
     }
 }

@@ -120,7 +120,12 @@ impl ClientContext for FoldContext {
 
     /// How far the fold is behind its topic, on the same gauge as the roles' consumers.
     fn stats(&self, statistics: Statistics) {
-        crate::lag::record_consumer_lag(&self.lag_group, &self.topic_prefix, &statistics);
+        crate::lag::record_consumer_lag(
+            &self.lag_group,
+            &self.topic_prefix,
+            crate::lag::LagBasis::Position,
+            &statistics,
+        );
     }
 }
 

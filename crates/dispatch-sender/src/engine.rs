@@ -134,7 +134,12 @@ struct SenderContext {
 impl ClientContext for SenderContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
         // Lag on the retry tiers is expected: records wait there until they are due.
-        dispatch_kafka::lag::record_consumer_lag(&self.group, &self.topic_prefix, &statistics);
+        dispatch_kafka::lag::record_consumer_lag(
+            &self.group,
+            &self.topic_prefix,
+            dispatch_kafka::lag::LagBasis::Committed,
+            &statistics,
+        );
     }
 }
 

@@ -211,6 +211,29 @@ listen = "127.0.0.1:0"
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
 
+    // Everything is consumed, so the restarted process reports (almost) no lag: at most the
+    // transaction marker after the last record of a partition. librdkafka's own consumer_lag
+    // would not do here — it measures from the committed offset fetched at assignment, which
+    // transactional commits never update — so the fan-out measures from its position.
+    let fanout_group = format!("dispatch_kafka_consumer_lag_records{{group=\"{prefix}fanout\"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_get(metrics_port, "/metrics").await;
+        let lags: Vec<f64> = metrics
+            .lines()
+            .filter(|line| line.starts_with(&fanout_group))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if !lags.is_empty() && lags.iter().all(|lag| *lag <= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fan-out's lag never came down to its position: {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // SIGTERM: the process finishes its transaction, leaves the group and exits 0.
     terminate_cleanly(&mut [&mut child], &log).await;
 
