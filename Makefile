@@ -14,7 +14,7 @@ TEST_THREADS ?= 4
 .PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench-fanout bench-sender
 
 help: ## Show the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 build: ## Build every crate (debug).
 	$(CARGO) build --workspace --all-targets
