@@ -101,6 +101,46 @@ impl KafkaConfig {
     }
 }
 
+/// Pause between retries of a request that failed transiently.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs `request` until it succeeds, fails for good, or `timeout` passed. Right after a broker
+/// start or a topic creation, partition leaders may still be settling.
+pub(crate) fn retry_transient<T>(
+    timeout: Duration,
+    operation: &'static str,
+    mut request: impl FnMut() -> std::result::Result<T, rdkafka::error::KafkaError>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match request() {
+            Ok(value) => return Ok(value),
+            Err(source) if is_transient(&source) && std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %source, operation, "not available yet; retrying");
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            Err(source) => return Err(Error::Request { operation, source }),
+        }
+    }
+}
+
+/// Errors that go away once partition leadership settles.
+pub(crate) fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownTopicOrPartition
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,22 +303,9 @@ impl SubscriptionView {
         }
         // Right after a broker start or a topic creation the partition's leader may still be
         // settling; such answers are retried until the request timeout.
-        let deadline = std::time::Instant::now() + timeout;
-        let (low, high) = loop {
-            match consumer.fetch_watermarks(&topic, PARTITION, timeout) {
-                Ok(watermarks) => break watermarks,
-                Err(source) if is_transient(&source) && std::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %source, "watermarks not available yet; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(source) => {
-                    return Err(Error::Request {
-                        operation: "fetch watermarks",
-                        source,
-                    });
-                }
-            }
-        };
+        let (low, high) = crate::client::retry_transient(timeout, "fetch watermarks", || {
+            consumer.fetch_watermarks(&topic, PARTITION, timeout)
+        })?;
         shared.high_watermark.store(high, Ordering::Relaxed);
         shared.set_next_offset(low);
         metrics::gauge!(VIEW_SUBSCRIPTIONS).set(0.0);
@@ -568,23 +555,6 @@ impl Reader {
             );
         }
     }
-}
-
-/// Errors that go away once partition leadership settles.
-fn is_transient(error: &KafkaError) -> bool {
-    use rdkafka::error::RDKafkaErrorCode as Code;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            Code::NotLeaderForPartition
-                | Code::LeaderNotAvailable
-                | Code::UnknownTopicOrPartition
-                | Code::RequestTimedOut
-                | Code::OperationTimedOut
-                | Code::BrokerTransportFailure
-                | Code::AllBrokersDown
-        )
-    )
 }
 
 #[cfg(test)]

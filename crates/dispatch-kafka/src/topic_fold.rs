@@ -54,9 +54,6 @@ use crate::{Error, KafkaConfig, Result};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Required by librdkafka's configuration, never joined: partitions are assigned by hand.
 const UNUSED_GROUP_ID: &str = "dispatch-topic-fold";
-/// Pause between retries of start-up requests a settling cluster answers with a transient error.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
 /// A value built from the records of a topic, one record at a time, in each partition's order
 /// (records of different partitions interleave in no particular order).
 pub trait RecordFold: Send + Sync + 'static {
@@ -190,7 +187,7 @@ impl<F: RecordFold> TopicFold<F> {
         let partitions = partition_count(&consumer, topic, timeout)?;
         let mut watermarks = Vec::with_capacity(partitions);
         for partition in 0..partitions as i32 {
-            let pair = retry_transient(timeout, "fetch watermarks", || {
+            let pair = crate::client::retry_transient(timeout, "fetch watermarks", || {
                 consumer.fetch_watermarks(topic, partition, timeout)
             })?;
             watermarks.push(pair);
@@ -448,7 +445,7 @@ fn starts_since<C: ConsumerContext>(
     }
     // Per-partition errors are checked inside the retry: a partition whose leader is still
     // settling answers with one.
-    retry_transient(timeout, "offsets for times", || {
+    crate::client::retry_transient(timeout, "offsets for times", || {
         let answer = consumer.offsets_for_times(query.clone(), timeout)?;
         let mut starts = Vec::with_capacity(watermarks.len());
         for (partition, (low, high)) in watermarks.iter().enumerate() {
@@ -467,43 +464,6 @@ fn starts_since<C: ConsumerContext>(
         }
         Ok(starts)
     })
-}
-
-/// Runs `request` until it succeeds, fails for good, or `timeout` passed. Right after a broker
-/// start or a topic creation, partition leaders may still be settling.
-fn retry_transient<T>(
-    timeout: Duration,
-    operation: &'static str,
-    mut request: impl FnMut() -> std::result::Result<T, KafkaError>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match request() {
-            Ok(value) => return Ok(value),
-            Err(source) if is_transient(&source) && Instant::now() < deadline => {
-                debug!(error = %source, operation, "not available yet; retrying");
-                thread::sleep(RETRY_PAUSE);
-            }
-            Err(source) => return Err(Error::Request { operation, source }),
-        }
-    }
-}
-
-/// Errors that go away once partition leadership settles.
-fn is_transient(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode as Code;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            Code::NotLeaderForPartition
-                | Code::LeaderNotAvailable
-                | Code::UnknownTopicOrPartition
-                | Code::RequestTimedOut
-                | Code::OperationTimedOut
-                | Code::BrokerTransportFailure
-                | Code::AllBrokersDown
-        )
-    )
 }
 
 /// Publishes `stopped` when dropped, i.e. when the reader thread ends for any reason.

@@ -371,23 +371,25 @@ impl Engine {
     /// Registers a record as taken and decodes it; `None` when it needs no further work here
     /// (dropped refetch, quarantined).
     fn take(&mut self, message: &BorrowedMessage<'_>) -> Option<(Pending, bool)> {
-        // The poll that returned this message may have run a revoke and a re-assign of its
-        // partition first: forget the old assignment's queue and hold *before* taking it, or
-        // the purge after this turn would drop the new hold along with the old one (and leave
-        // the partition paused with nothing to release it).
-        self.purge_revoked();
         let topic = message.topic().to_owned();
         let partition = message.partition();
         let offset = message.offset();
-        // A paused partition may still hand over records fetched before the pause; they are
-        // read again after the held record is released.
-        if let Some(held) = self.held.get(&(topic.clone(), partition))
-            && offset > held.pending.offset
         {
-            return None;
-        }
-        {
-            let mut shared = lock(&self.shared);
+            // One lock per message for both the revocations and the offset.
+            let shared = Arc::clone(&self.shared);
+            let mut shared = lock(&shared);
+            // The poll that returned this message may have run a revoke and a re-assign of its
+            // partition first: forget the old assignment's queue and hold *before* taking it,
+            // or the purge after this turn would drop the new hold along with the old one (and
+            // leave the partition paused with nothing to release it).
+            self.forget_revoked(std::mem::take(&mut shared.revoked));
+            // A paused partition may still hand over records fetched before the pause; they
+            // are read again after the held record is released.
+            if let Some(held) = self.held.get(&(topic.clone(), partition))
+                && offset > held.pending.offset
+            {
+                return None;
+            }
             shared.offsets.assign(&topic, partition);
             if let Err(error) = shared.offsets.take(&topic, partition, offset) {
                 debug!(%error, topic, partition, offset, "record not taken");
@@ -836,7 +838,13 @@ impl Engine {
     /// Drops queued and held records of partitions revoked meanwhile: their next owner reads
     /// them from the committed offset.
     fn purge_revoked(&mut self) {
-        let revoked: Vec<(String, i32)> = std::mem::take(&mut lock(&self.shared).revoked);
+        let revoked = std::mem::take(&mut lock(&self.shared).revoked);
+        self.forget_revoked(revoked);
+    }
+
+    /// Drops what this engine keeps for `revoked` partitions: held records, window pauses,
+    /// queued records.
+    fn forget_revoked(&mut self, revoked: Vec<(String, i32)>) {
         if revoked.is_empty() {
             return;
         }
