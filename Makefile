@@ -11,7 +11,7 @@ DEV_CONFIG := deploy/dev/dispatchd.toml
 # Integration tests share one broker; a few threads keep the 2-core machine responsive.
 TEST_THREADS ?= 4
 
-.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench-fanout bench-sender
+.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench bench-quick faults bench-fanout bench-sender
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -44,6 +44,18 @@ lint: ## rustfmt check and clippy with warnings as errors.
 
 fmt: ## Format the code.
 	$(CARGO) fmt --all
+
+bench: ## End-to-end benchmark of the real processes: baseline limits, throughput, latency (1k and 5k events/s), head-of-line; JSON in bench/results/ (about 10 minutes).
+	$(CARGO) build --release -p dispatchd -p dispatch-bench
+	$(WITH_KAFKA) ./target/release/dispatch-bench e2e $(BENCH_ARGS)
+
+bench-quick: ## The same scenarios, short (under 2 minutes once built): a smoke test of the benchmark.
+	$(CARGO) build --release -p dispatchd -p dispatch-bench
+	$(WITH_KAFKA) ./target/release/dispatch-bench e2e --quick $(BENCH_ARGS)
+
+faults: ## The fault suite: kill -9, broker restart, loss of 1 of 3 brokers, DLQ + replay, scale-out/in, garbage; each ends with a ledger check (lost = 0).
+	$(CARGO) build --release -p dispatchd -p dispatch-bench
+	$(WITH_KAFKA) ./target/release/dispatch-bench faults $(FAULT_ARGS)
 
 bench-fanout: ## Fan-out throughput (1,000 subscriptions, fan-out 3, 1 KiB events); EVENTS=100000 by default.
 	$(CARGO) build --release -p dispatch-bench

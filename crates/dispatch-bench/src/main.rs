@@ -29,6 +29,10 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Sender: healthy endpoints' deliveries/s and latency, optionally with hanging endpoints.
     Sender(sender::SenderArgs),
+    /// The whole system as processes: baseline, throughput, latency, head-of-line.
+    E2e(dispatch_bench::e2e::E2eArgs),
+    /// The fault suite: each scenario ends with a ledger check (lost must be 0).
+    Faults(dispatch_bench::faults::FaultArgs),
 }
 
 #[tokio::main]
@@ -44,5 +48,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Fanout(args) => fanout::run(&cli.bootstrap_servers, &args).await,
         Scenario::Sender(args) => sender::run(&cli.bootstrap_servers, &args).await,
+        Scenario::E2e(args) => dispatch_bench::e2e::run(&cli.bootstrap_servers, &args).await,
+        Scenario::Faults(args) => dispatch_bench::faults::run(&cli.bootstrap_servers, &args).await,
     }
 }

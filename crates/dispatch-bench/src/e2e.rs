@@ -1,0 +1,549 @@
+//! `dispatch-bench e2e`: the whole system as real processes on the local broker — a
+//! `dispatchd fanout` and a `dispatchd sender`, the receiver fleet, a publisher of 1 KiB events
+//! fanning out to three of 200 subscriptions. Scenarios:
+//!
+//! - `baseline`: the machine's limits on the same run (raw hyper requests/s on loopback, raw
+//!   produce→consume messages/s through the broker).
+//! - `throughput`: flat out for a fixed window → deliveries/s sustained, CPU seconds and peak
+//!   RSS of each `dispatchd` process.
+//! - `latency`: fixed event rates → event-to-delivery latency p50/p90/p99/p99.9 at the receivers,
+//!   from each event's `occurred_at` (same clock).
+//! - `head-of-line`: the first rate again with 10 % of the endpoints hanging until the HTTP
+//!   timeout → the healthy endpoints' throughput and p99 beside the `latency` run.
+//!
+//! Every scenario starts from fresh topics and processes, and ends with the ledger check (lost
+//! must be 0). The report goes to `bench/results/e2e-<time>.json`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::baseline::{self, Limits};
+use crate::fleet::Mode;
+use crate::harness::{Environment, Harness};
+use crate::ledger::Verdict;
+use crate::system::{ProcessUsage, Role};
+use crate::workload::{self, Pace};
+
+/// Which scenarios to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Which {
+    /// The machine's limits.
+    Baseline,
+    /// Flat out.
+    Throughput,
+    /// Fixed rates.
+    Latency,
+    /// Fixed rate with 10 % hanging endpoints.
+    HeadOfLine,
+}
+
+/// Flags of `e2e`.
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    /// Scenarios to run (all by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Which>,
+    /// Short runs for a smoke test (the whole set in under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Event rates of `latency`, per second (head-of-line uses the first).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u64>,
+    /// Measurement window of each scenario, in seconds (default 60, quick 10).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Sender processes (the consumer group's members).
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Partitions of dispatch.deliveries.
+    #[arg(long, default_value_t = 12)]
+    delivery_partitions: i32,
+    /// The `dispatchd` binary (default: next to this one).
+    #[arg(long)]
+    dispatchd: Option<PathBuf>,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub samples: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th.
+    pub p90_ms: f64,
+    /// 99th.
+    pub p99_ms: f64,
+    /// 99.9th.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(mut micros: Vec<u64>) -> Self {
+        micros.sort_unstable();
+        let at = |fraction: f64| {
+            if micros.is_empty() {
+                return f64::NAN;
+            }
+            let index = ((micros.len() as f64 - 1.0) * fraction).round() as usize;
+            micros[index.min(micros.len() - 1)] as f64 / 1000.0
+        };
+        Percentiles {
+            samples: micros.len(),
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// `throughput`'s figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputResult {
+    /// Measurement window, seconds (after a warm-up).
+    pub window_seconds: f64,
+    /// Webhooks accepted by the receivers per second in the window.
+    pub deliveries_per_second: f64,
+    /// The same as events per second (÷ fan-out 3).
+    pub events_per_second: f64,
+    /// deliveries/s ÷ the raw HTTP limit.
+    pub fraction_of_http_limit: Option<f64>,
+    /// deliveries/s ÷ the raw Kafka produce→consume limit.
+    pub fraction_of_kafka_limit: Option<f64>,
+    /// CPU seconds of each process in the window, and its peak RSS.
+    pub processes: Vec<ProcessUsage>,
+    /// CPU seconds of the bench process itself (publisher and receivers) in the window.
+    pub bench_process_cpu_seconds: f64,
+    /// The ledger after the run drained.
+    pub verdict: Verdict,
+}
+
+/// A fixed-rate run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateResult {
+    /// Events published per second.
+    pub events_per_second: u64,
+    /// Fraction of endpoints hanging.
+    pub hanging_fraction: f64,
+    /// Publishing time, seconds.
+    pub seconds: f64,
+    /// Pairs owed to healthy endpoints.
+    pub healthy_owed: usize,
+    /// Healthy pairs delivered by the end of publishing + 5 s, per second of publishing.
+    pub healthy_deliveries_per_second: f64,
+    /// Healthy pairs delivered by the end of the wait.
+    pub healthy_delivered: usize,
+    /// Event-to-delivery latency of the healthy pairs (first arrival).
+    pub latency: Percentiles,
+    /// CPU seconds of each process over the run, and its peak RSS.
+    pub processes: Vec<ProcessUsage>,
+    /// The ledger (the hanging endpoints' pairs count as missing until their retries end).
+    pub verdict: Option<Verdict>,
+}
+
+/// `head-of-line` beside its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadOfLineResult {
+    /// With hanging endpoints.
+    pub with_hangs: RateResult,
+    /// Without (the `latency` run at the same rate).
+    pub without_hangs: RateResult,
+    /// healthy deliveries/s with ÷ without.
+    pub throughput_kept: f64,
+    /// p99 with ÷ without.
+    pub p99_ratio: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `e2e`.
+    pub bench: &'static str,
+    /// Unix seconds at start.
+    pub started_at_unix: u64,
+    /// `git rev-parse HEAD` (with `-dirty` when the tree has changes).
+    pub commit: String,
+    /// The command line.
+    pub command: String,
+    /// Cores, kernel, CPU model.
+    pub machine: String,
+    /// Quick mode.
+    pub quick: bool,
+    /// Sender processes.
+    pub senders: usize,
+    /// `baseline`.
+    pub baseline: Option<Limits>,
+    /// `throughput`.
+    pub throughput: Option<ThroughputResult>,
+    /// `latency`, one per rate.
+    pub latency: Vec<RateResult>,
+    /// `head-of-line`.
+    pub head_of_line: Option<HeadOfLineResult>,
+}
+
+fn commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = run(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{head}-dirty") } else { head }
+}
+
+/// A one-line description of the machine.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {model}, Linux {}", kernel.trim())
+}
+
+fn window_usage(before: &[ProcessUsage], after: &[ProcessUsage]) -> Vec<ProcessUsage> {
+    after
+        .iter()
+        .map(|now| {
+            let start = before
+                .iter()
+                .find(|b| b.process == now.process)
+                .map_or(0.0, |b| b.cpu_seconds);
+            ProcessUsage {
+                process: now.process.clone(),
+                cpu_seconds: now.cpu_seconds - start,
+                peak_rss_mib: now.peak_rss_mib,
+            }
+        })
+        .collect()
+}
+
+fn self_cpu_seconds() -> f64 {
+    crate::system::read_usage(std::process::id()).map_or(f64::NAN, |u| u.cpu_seconds)
+}
+
+async fn start_roles(harness: &mut Harness, senders: usize) -> anyhow::Result<()> {
+    harness.system.start(Role::Fanout, 0).await?;
+    for instance in 0..senders.max(1) {
+        harness.system.start(Role::Sender, instance).await?;
+    }
+    Ok(())
+}
+
+/// Warms the broker and the processes: a few seconds of traffic nobody measures (the first
+/// run after a broker start is much slower than the rest).
+async fn warm_up(harness: &Harness) {
+    let publishing = harness.publish(Pace::Rate(500), Duration::from_secs(3), 0);
+    let _ = publishing.await;
+    let _ = harness.wait_delivered(Duration::from_secs(30)).await;
+}
+
+async fn throughput(
+    env: &Environment,
+    args: &E2eArgs,
+    window: Duration,
+    limits: Option<&Limits>,
+) -> anyhow::Result<ThroughputResult> {
+    let mut harness = Harness::prepare(env, "throughput", 4, |s| {
+        s.delivery_partitions = args.delivery_partitions;
+    })
+    .await?;
+    start_roles(&mut harness, args.senders).await?;
+    warm_up(&harness).await;
+    let publishing = harness.publish(
+        Pace::FlatOut { max_ahead: 10_000 },
+        window + Duration::from_secs(120),
+        0,
+    );
+    // Let the pipeline fill before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = harness.system.usage();
+    let self_before = self_cpu_seconds();
+    let accepted_before = harness.fleet.accepted();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(window).await;
+    let accepted = harness.fleet.accepted() - accepted_before;
+    let elapsed = started.elapsed().as_secs_f64();
+    let processes = window_usage(&before, &harness.system.usage());
+    let bench_cpu = self_cpu_seconds() - self_before;
+    harness.stop_publishing();
+    let _ = publishing.await;
+    let verdict = harness.settle(Duration::from_secs(180)).await?;
+    harness.system.stop_all().await;
+    let deliveries_per_second = accepted as f64 / elapsed;
+    Ok(ThroughputResult {
+        window_seconds: elapsed,
+        deliveries_per_second,
+        events_per_second: deliveries_per_second / workload::FAN_OUT as f64,
+        fraction_of_http_limit: limits.map(|l| deliveries_per_second / l.http_requests_per_second),
+        fraction_of_kafka_limit: limits
+            .map(|l| deliveries_per_second / l.kafka_messages_per_second),
+        processes,
+        bench_process_cpu_seconds: bench_cpu,
+        verdict,
+    })
+}
+
+fn hangs(endpoint: usize, fraction: f64) -> bool {
+    // Every k-th endpoint, so the hanging ones spread over accounts and partitions.
+    fraction > 0.0 && endpoint.is_multiple_of(((1.0 / fraction).round() as usize).max(1))
+}
+
+async fn at_rate(
+    env: &Environment,
+    args: &E2eArgs,
+    rate: u64,
+    seconds: Duration,
+    hanging_fraction: f64,
+) -> anyhow::Result<RateResult> {
+    let name = if hanging_fraction > 0.0 {
+        "head-of-line"
+    } else {
+        "latency"
+    };
+    let mut harness = Harness::prepare(env, name, 4, |s| {
+        s.delivery_partitions = args.delivery_partitions;
+    })
+    .await?;
+    start_roles(&mut harness, args.senders).await?;
+    warm_up(&harness).await;
+    for endpoint in 0..workload::ENDPOINTS {
+        if hangs(endpoint, hanging_fraction) {
+            harness.fleet.set_mode(endpoint, Mode::Hang);
+        }
+    }
+    let before = harness.system.usage();
+    let first_seq = harness.publisher.sent();
+    let start = harness.fleet.elapsed();
+    let publishing = harness.publish(Pace::Rate(rate), seconds, 0);
+    let _ = publishing.await;
+    let publish_end = harness.fleet.elapsed();
+    let acked: Vec<u64> = harness
+        .publisher
+        .published()
+        .await
+        .acked
+        .into_iter()
+        .filter(|&seq| seq >= first_seq)
+        .collect();
+    // Wait for the healthy pairs (the hanging ones take their whole schedule).
+    let healthy: Vec<(u64, usize)> = acked
+        .iter()
+        .flat_map(|&seq| workload::endpoints_of(seq).map(move |e| (seq, e)))
+        .filter(|&(_, e)| !hangs(e, hanging_fraction))
+        .collect();
+    let wait_until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = healthy
+            .iter()
+            .filter(|&&(seq, e)| harness.fleet.reception(seq, e).is_none())
+            .count();
+        if missing == 0 || std::time::Instant::now() > wait_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let processes = window_usage(&before, &harness.system.usage());
+    let grace = publish_end + Duration::from_secs(5);
+    let mut in_time = 0usize;
+    let mut latencies = Vec::with_capacity(healthy.len());
+    for &(seq, endpoint) in &healthy {
+        if let Some(reception) = harness.fleet.reception(seq, endpoint) {
+            latencies.push(reception.latency_us);
+            if reception.first_at <= grace {
+                in_time += 1;
+            }
+        }
+    }
+    let publish_seconds = (publish_end - start).as_secs_f64();
+    let verdict = if hanging_fraction > 0.0 {
+        // The hanging endpoints' pairs are still in their retry schedule; no full ledger.
+        None
+    } else {
+        Some(harness.settle(Duration::from_secs(30)).await?)
+    };
+    for endpoint in 0..workload::ENDPOINTS {
+        harness.fleet.set_mode(endpoint, Mode::Accept);
+    }
+    harness.system.stop_all().await;
+    Ok(RateResult {
+        events_per_second: rate,
+        hanging_fraction,
+        seconds: publish_seconds,
+        healthy_owed: healthy.len(),
+        healthy_deliveries_per_second: in_time as f64 / publish_seconds,
+        healthy_delivered: latencies.len(),
+        latency: Percentiles::of(latencies),
+        processes,
+        verdict,
+    })
+}
+
+fn print_rate(label: &str, result: &RateResult) {
+    let l = &result.latency;
+    println!(
+        "{label} {}/s events: healthy {}/{} delivered, {:.0} healthy deliveries/s, latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms{}",
+        result.events_per_second,
+        result.healthy_delivered,
+        result.healthy_owed,
+        result.healthy_deliveries_per_second,
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.p999_ms,
+        l.max_ms,
+        result
+            .verdict
+            .as_ref()
+            .map(|v| format!("; {}", v.line("ledger")))
+            .unwrap_or_default()
+    );
+}
+
+/// Runs the chosen scenarios and writes the report.
+pub async fn run(bootstrap: &str, args: &E2eArgs) -> anyhow::Result<()> {
+    let env = match &args.dispatchd {
+        Some(path) => Environment::with_dispatchd(bootstrap, path),
+        None => Environment::beside_current_exe(bootstrap),
+    };
+    let all = [
+        Which::Baseline,
+        Which::Throughput,
+        Which::Latency,
+        Which::HeadOfLine,
+    ];
+    let chosen: Vec<Which> = if args.scenarios.is_empty() {
+        all.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let window = Duration::from_secs(args.seconds.unwrap_or(if args.quick { 10 } else { 60 }));
+    let started_at_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut report = Report {
+        bench: "e2e",
+        started_at_unix,
+        commit: commit(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: machine(),
+        quick: args.quick,
+        senders: args.senders,
+        baseline: None,
+        throughput: None,
+        latency: Vec::new(),
+        head_of_line: None,
+    };
+    println!("e2e on {} at {}", report.machine, report.commit);
+    if chosen.contains(&Which::Baseline) {
+        let kafka = crate::system::SystemSettings::new(
+            bootstrap,
+            &format!("bench.baseline.{started_at_unix}."),
+        )
+        .kafka();
+        let (http_seconds, messages) = if args.quick {
+            (Duration::from_secs(3), 30_000)
+        } else {
+            (Duration::from_secs(10), 200_000)
+        };
+        let limits = baseline::measure(&kafka, &kafka.topic_prefix, http_seconds, messages).await?;
+        println!(
+            "baseline: raw HTTP {:.0} requests/s (hyper client→server on loopback), raw Kafka {:.0} messages/s (1 KiB, acks=all, produce→consume)",
+            limits.http_requests_per_second, limits.kafka_messages_per_second
+        );
+        report.baseline = Some(limits);
+    }
+    if chosen.contains(&Which::Throughput) {
+        let result = throughput(&env, args, window, report.baseline.as_ref()).await?;
+        let fraction =
+            |f: Option<f64>| f.map_or("n/a".to_owned(), |f| format!("{:.1} %", f * 100.0));
+        println!(
+            "throughput: {:.0} deliveries/s ({:.0} events/s) over {:.0} s = {} of the HTTP limit, {} of the Kafka limit; {}",
+            result.deliveries_per_second,
+            result.events_per_second,
+            result.window_seconds,
+            fraction(result.fraction_of_http_limit),
+            fraction(result.fraction_of_kafka_limit),
+            result.verdict.line("ledger"),
+        );
+        for process in &result.processes {
+            println!(
+                "  {}: {:.1} CPU s in the window ({:.0} % of a core), peak RSS {:.0} MiB",
+                process.process,
+                process.cpu_seconds,
+                process.cpu_seconds / result.window_seconds * 100.0,
+                process.peak_rss_mib
+            );
+        }
+        println!(
+            "  bench (publisher + receivers): {:.1} CPU s",
+            result.bench_process_cpu_seconds
+        );
+        report.throughput = Some(result);
+    }
+    let rates: Vec<u64> = if args.quick {
+        args.rates.iter().take(1).copied().collect()
+    } else {
+        args.rates.clone()
+    };
+    if chosen.contains(&Which::Latency) {
+        for &rate in &rates {
+            let result = at_rate(&env, args, rate, window, 0.0).await?;
+            print_rate("latency", &result);
+            report.latency.push(result);
+        }
+    }
+    if chosen.contains(&Which::HeadOfLine) {
+        let rate = rates.first().copied().unwrap_or(1000);
+        let without = match report.latency.iter().find(|r| r.events_per_second == rate) {
+            Some(result) => result.clone(),
+            None => {
+                let result = at_rate(&env, args, rate, window, 0.0).await?;
+                print_rate("latency", &result);
+                result
+            }
+        };
+        let with = at_rate(&env, args, rate, window, 0.1).await?;
+        print_rate("head-of-line (10 % hanging)", &with);
+        let result = HeadOfLineResult {
+            throughput_kept: with.healthy_deliveries_per_second
+                / without.healthy_deliveries_per_second,
+            p99_ratio: with.latency.p99_ms / without.latency.p99_ms,
+            with_hangs: with,
+            without_hangs: without,
+        };
+        println!(
+            "head-of-line: healthy endpoints kept {:.1} % of their throughput, p99 {:.2}× the run without hangs",
+            result.throughput_kept * 100.0,
+            result.p99_ratio
+        );
+        report.head_of_line = Some(result);
+    }
+    std::fs::create_dir_all(&args.out_dir)?;
+    let path = args.out_dir.join(format!(
+        "e2e-{}{started_at_unix}.json",
+        if args.quick { "quick-" } else { "" }
+    ));
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("report written to {}", path.display());
+    Ok(())
+}

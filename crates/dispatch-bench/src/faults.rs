@@ -1,0 +1,536 @@
+//! `dispatch-bench faults`: the fault suite. Each scenario runs the system as real processes
+//! under load, does something bad to it, and ends with the ledger check: every (event,
+//! subscription) the broker acknowledged reached its receiver at least once or is in the DLQ;
+//! lost must be 0 (duplicates are counted, at-least-once allows them).
+//!
+//! - `kill-sender`, `kill-fanout`: SIGKILL of the process mid-load, restarted 2 s later.
+//! - `broker-restart`: the single broker restarted mid-load (`kafka.sh restart 1`).
+//! - `broker-loss`: a three-broker cluster of its own (replication 3, `min.insync.replicas=2`),
+//!   one broker killed mid-load and left down.
+//! - `endpoint-down`: eight endpoints answer 503 for their whole (short) schedule → each of
+//!   their deliveries in the DLQ after exactly `max_attempts` attempts → the endpoints come
+//!   back → bulk replay through the admin API → all delivered, DLQ empty of them.
+//! - `scale-out-in`: a second sender joins mid-load, then the first leaves (SIGTERM).
+//! - `garbage`: 1 % of the domain topic's records are not events → every one in
+//!   `dispatch.invalid`, every real event delivered.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use hyper::Method;
+use serde::Serialize;
+
+use crate::fleet::Mode;
+use crate::harness::{Environment, Harness};
+use crate::ledger::{self, Verdict};
+use crate::system::Role;
+use crate::workload::{self, Pace};
+
+/// The scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// SIGKILL of the sender mid-load, then a restart.
+    KillSender,
+    /// SIGKILL of the fan-out mid-load, then a restart.
+    KillFanout,
+    /// The single broker restarted mid-load.
+    BrokerRestart,
+    /// One of three brokers lost mid-load.
+    BrokerLoss,
+    /// Endpoints down for their whole schedule, DLQ, bulk replay.
+    EndpointDown,
+    /// A second sender joins, then the first leaves.
+    ScaleOutIn,
+    /// 1 % garbage records on the domain topic.
+    Garbage,
+}
+
+impl Fault {
+    /// Every scenario, in the order `make faults` runs them.
+    pub const ALL: [Fault; 7] = [
+        Fault::KillSender,
+        Fault::KillFanout,
+        Fault::ScaleOutIn,
+        Fault::Garbage,
+        Fault::EndpointDown,
+        Fault::BrokerRestart,
+        Fault::BrokerLoss,
+    ];
+
+    /// The scenario's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillSender => "kill-sender",
+            Fault::KillFanout => "kill-fanout",
+            Fault::BrokerRestart => "broker-restart",
+            Fault::BrokerLoss => "broker-loss",
+            Fault::EndpointDown => "endpoint-down",
+            Fault::ScaleOutIn => "scale-out-in",
+            Fault::Garbage => "garbage",
+        }
+    }
+}
+
+/// How long and how hard each scenario runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Events per second.
+    pub rate: u64,
+    /// Publishing time.
+    pub seconds: u64,
+}
+
+/// Flags of `faults`.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Scenarios to run (all by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Fault>,
+    /// Events per second during each scenario.
+    #[arg(long, default_value_t = 300)]
+    rate: u64,
+    /// Publishing time of each scenario, in seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// The `dispatchd` binary (default: next to this one).
+    #[arg(long)]
+    dispatchd: Option<PathBuf>,
+    /// `kafka.sh`, which restarts the broker and runs the three-broker cluster.
+    #[arg(long, default_value = "deploy/kafka/kafka.sh")]
+    kafka_sh: PathBuf,
+    /// Base port of the three-broker cluster of `broker-loss`.
+    #[arg(long, default_value_t = 29092)]
+    cluster_port: u16,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultResult {
+    /// The scenario.
+    pub scenario: Fault,
+    /// The ledger.
+    pub verdict: Verdict,
+    /// What else the scenario checked, and what it found.
+    pub checks: Vec<String>,
+    /// Checks that failed (the verdict's own aside).
+    pub failures: Vec<String>,
+    /// Seconds the scenario took.
+    pub seconds: f64,
+}
+
+impl FaultResult {
+    /// Ledger passed and every extra check held.
+    pub fn passed(&self) -> bool {
+        self.verdict.passed() && self.failures.is_empty()
+    }
+
+    /// The one-line verdict.
+    pub fn line(&self) -> String {
+        let mut line = self.verdict.line(self.scenario.name());
+        if self.verdict.passed() && !self.failures.is_empty() {
+            line = line.replacen("PASS", "FAIL", 1);
+        }
+        for check in &self.checks {
+            line.push_str("; ");
+            line.push_str(check);
+        }
+        for failure in &self.failures {
+            line.push_str("; FAILED: ");
+            line.push_str(failure);
+        }
+        line
+    }
+}
+
+/// The report of a `faults` run.
+#[derive(Debug, Serialize)]
+struct FaultReport {
+    bench: &'static str,
+    started_at_unix: u64,
+    machine: String,
+    command: String,
+    rate: u64,
+    seconds: u64,
+    results: Vec<FaultResult>,
+}
+
+/// Starts publishing at `load` in the background and returns a third of the way in, when the
+/// scenario does its damage.
+async fn begin_load(
+    harness: &Harness,
+    load: Load,
+    garbage_one_in: u64,
+) -> tokio::task::JoinHandle<()> {
+    let publishing = harness.publish(
+        Pace::Rate(load.rate),
+        Duration::from_secs(load.seconds),
+        garbage_one_in,
+    );
+    tokio::time::sleep(Duration::from_secs(load.seconds / 3)).await;
+    publishing
+}
+
+/// Waits for the publisher, then for the system to settle; the ledger.
+async fn finish_load(
+    harness: &Harness,
+    publishing: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<Verdict> {
+    publishing.await.context("publisher")?;
+    let published = harness.publisher.published().await;
+    if published.failed > 0 {
+        eprintln!(
+            "{} events were refused by the broker for good (not owed)",
+            published.failed
+        );
+    }
+    harness.settle(Duration::from_secs(120)).await
+}
+
+fn kafka_sh(args: &FaultArgs, env: &[(&str, String)], command: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(&args.kafka_sh)
+        .args(command)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .status()
+        .with_context(|| format!("running {}", args.kafka_sh.display()))?;
+    if !status.success() {
+        bail!("{} {} failed", args.kafka_sh.display(), command.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs one scenario against the broker of `env`.
+pub async fn run_one(env: &Environment, fault: Fault, load: Load) -> anyhow::Result<FaultResult> {
+    run_scenario(env, fault, load, None).await
+}
+
+async fn run_scenario(
+    env: &Environment,
+    fault: Fault,
+    load: Load,
+    args: Option<&FaultArgs>,
+) -> anyhow::Result<FaultResult> {
+    let started = std::time::Instant::now();
+    let mut checks = Vec::new();
+    let mut failures = Vec::new();
+    let verdict = match fault {
+        Fault::KillSender | Fault::KillFanout => {
+            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
+            let fanout = harness.system.start(Role::Fanout, 0).await?;
+            let sender = harness.system.start(Role::Sender, 0).await?;
+            let (victim, role) = if fault == Fault::KillSender {
+                (sender, Role::Sender)
+            } else {
+                (fanout, Role::Fanout)
+            };
+            let publishing = begin_load(&harness, load, 0).await;
+            harness.system.kill(victim)?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            harness.system.start(role, 0).await?;
+            let verdict = finish_load(&harness, publishing).await?;
+            checks.push(format!(
+                "{} killed with SIGKILL and restarted",
+                role_name(role)
+            ));
+            crashes(&mut harness, &mut failures);
+            harness.system.stop_all().await;
+            verdict
+        }
+        Fault::ScaleOutIn => {
+            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
+            harness.system.start(Role::Fanout, 0).await?;
+            let first = harness.system.start(Role::Sender, 0).await?;
+            let publishing =
+                harness.publish(Pace::Rate(load.rate), Duration::from_secs(load.seconds), 0);
+            tokio::time::sleep(Duration::from_secs(load.seconds / 3)).await;
+            harness.system.start(Role::Sender, 1).await?;
+            tokio::time::sleep(Duration::from_secs(load.seconds / 3)).await;
+            let drain = Duration::from_millis(harness.system.settings.drain_timeout_ms + 10_000);
+            if let Err(error) = harness.system.terminate(first, drain).await {
+                failures.push(format!("scale-in: {error:#}"));
+            }
+            publishing.await.context("publisher")?;
+            let verdict = harness.settle(Duration::from_secs(120)).await?;
+            checks.push("sender-1 joined, then sender-0 left with SIGTERM".to_owned());
+            crashes(&mut harness, &mut failures);
+            harness.system.stop_all().await;
+            verdict
+        }
+        Fault::Garbage => {
+            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
+            harness.system.start(Role::Fanout, 0).await?;
+            harness.system.start(Role::Sender, 0).await?;
+            let publishing = begin_load(&harness, load, 100).await;
+            let verdict = finish_load(&harness, publishing).await?;
+            let garbage = harness.publisher.published().await.garbage;
+            let quarantined = ledger::read_topic(
+                &harness.kafka,
+                &harness.names.invalid(),
+                Duration::from_secs(60),
+                |_| {},
+            )?;
+            let line = format!("garbage published {garbage}, in dispatch.invalid {quarantined}");
+            if quarantined as u64 == garbage && garbage > 0 {
+                checks.push(line);
+            } else {
+                failures.push(line);
+            }
+            crashes(&mut harness, &mut failures);
+            harness.system.stop_all().await;
+            verdict
+        }
+        Fault::EndpointDown => endpoint_down(env, load, &mut checks, &mut failures).await?,
+        Fault::BrokerRestart => {
+            let Some(args) = args else {
+                bail!("broker-restart needs kafka.sh (run it through `dispatch-bench faults`)");
+            };
+            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
+            harness.system.start(Role::Fanout, 0).await?;
+            harness.system.start(Role::Sender, 0).await?;
+            let publishing = begin_load(&harness, load, 0).await;
+            tokio::task::block_in_place(|| kafka_sh(args, &[], &["restart", "1"]))?;
+            let verdict = finish_load(&harness, publishing).await?;
+            checks.push("broker restarted".to_owned());
+            crashes(&mut harness, &mut failures);
+            harness.system.stop_all().await;
+            verdict
+        }
+        Fault::BrokerLoss => {
+            let Some(args) = args else {
+                bail!("broker-loss needs kafka.sh (run it through `dispatch-bench faults`)");
+            };
+            broker_loss(env, load, args, &mut checks, &mut failures).await?
+        }
+    };
+    Ok(FaultResult {
+        scenario: fault,
+        verdict,
+        checks,
+        failures,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Fanout => "fan-out",
+        Role::Sender => "sender",
+        Role::Api => "api",
+    }
+}
+
+fn crashes(harness: &mut Harness, failures: &mut Vec<String>) {
+    for crashed in harness.system.crashed() {
+        failures.push(format!("{crashed} exited on its own"));
+    }
+}
+
+/// Endpoints of accounts 0 and 1 (eight) fail for their whole schedule.
+fn down(endpoint: usize) -> bool {
+    endpoint < 2 * workload::PER_ACCOUNT
+}
+
+async fn endpoint_down(
+    env: &Environment,
+    load: Load,
+    checks: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Verdict> {
+    // The circuit breaker would turn most attempts into deferrals, which end in the DLQ only at
+    // retry.max_total_age (see docs/reliability.md); this scenario is about the schedule, so
+    // the threshold is out of reach.
+    let mut harness = Harness::prepare(env, "endpoint-down", 2, |s| {
+        s.failure_threshold = 1_000_000;
+        s.retry_schedule = "0s,1s,2s".to_owned();
+    })
+    .await?;
+    harness.system.start(Role::Fanout, 0).await?;
+    harness.system.start(Role::Sender, 0).await?;
+    harness.system.start(Role::Api, 0).await?;
+    for endpoint in (0..workload::ENDPOINTS).filter(|&e| down(e)) {
+        harness.fleet.set_mode(endpoint, Mode::Fail);
+    }
+    let publishing = begin_load(&harness, load, 0).await;
+    let verdict = finish_load(&harness, publishing).await?;
+    let acked = harness.publisher.published().await.acked;
+    let owed_down: Vec<(u64, usize)> = acked
+        .iter()
+        .flat_map(|&seq| workload::endpoints_of(seq).map(move |e| (seq, e)))
+        .filter(|&(_, e)| down(e))
+        .collect();
+    let dead = ledger::dead_letters(&harness.kafka, &harness.names.dlq())?;
+    let max_attempts = 4; // "0s,1s,2s": the first attempt and one per delay
+    let dead_right = owed_down
+        .iter()
+        .filter(|pair| dead.get(pair).is_some_and(|d| d.attempts == max_attempts))
+        .count();
+    let refused: u64 = (0..workload::ENDPOINTS)
+        .filter(|&e| down(e))
+        .map(|e| harness.fleet.refused(e))
+        .sum();
+    let line = format!(
+        "{dead_right}/{} deliveries to the 8 down endpoints dead-lettered after {max_attempts} attempts ({refused} requests refused)",
+        owed_down.len()
+    );
+    if dead_right == owed_down.len() && !owed_down.is_empty() {
+        checks.push(line);
+    } else {
+        failures.push(line);
+    }
+    if !verdict.passed() {
+        failures.push("ledger before the replay".to_owned());
+    }
+    // Back up; replay everything through the admin API, a batch at a time.
+    for endpoint in 0..workload::ENDPOINTS {
+        harness.fleet.set_mode(endpoint, Mode::Accept);
+    }
+    let url = format!("http://127.0.0.1:{}/v1/dlq/replay", harness.system.api_port);
+    let token = harness.system.settings.api_token.clone();
+    let mut replayed = 0u64;
+    for _ in 0..1000 {
+        let (status, body) = crate::client::call(
+            Method::POST,
+            &url,
+            Some(&token),
+            Some(&serde_json::json!({})),
+        )
+        .await?;
+        if status != 202 {
+            bail!("POST /v1/dlq/replay answered {status}: {body}");
+        }
+        let count = serde_json::from_str::<serde_json::Value>(&body)?["count"]
+            .as_u64()
+            .unwrap_or(0);
+        if count == 0 {
+            break;
+        }
+        replayed += count;
+    }
+    let missing = harness.wait_delivered(Duration::from_secs(120)).await;
+    let after = harness.settle(Duration::from_secs(30)).await?;
+    let line = format!(
+        "bulk replay queued {replayed}; afterwards delivered {}/{} owed, {} missing",
+        after.delivered, after.expected, missing
+    );
+    if replayed as usize == owed_down.len() && missing == 0 && after.dead_lettered == 0 {
+        checks.push(line);
+    } else {
+        failures.push(line);
+    }
+    crashes(&mut harness, failures);
+    harness.system.stop_all().await;
+    Ok(after)
+}
+
+async fn broker_loss(
+    env: &Environment,
+    load: Load,
+    args: &FaultArgs,
+    checks: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Verdict> {
+    let cluster_env = [
+        ("KAFKA_PORT", args.cluster_port.to_string()),
+        (
+            "KAFKA_RUN_DIR",
+            std::env::temp_dir()
+                .join("dispatch-bench-kafka-3")
+                .display()
+                .to_string(),
+        ),
+    ];
+    kafka_sh(args, &cluster_env, &["start", "--nodes", "3"])?;
+    let bootstrap = (0..3)
+        .map(|n| format!("127.0.0.1:{}", args.cluster_port + 2 * n))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cluster = Environment {
+        bootstrap,
+        ..env.clone()
+    };
+    let outcome = async {
+        let mut harness = Harness::prepare(&cluster, "broker-loss", 2, |s| {
+            s.replication_factor = 3;
+            s.min_insync_replicas = Some(2);
+        })
+        .await?;
+        harness.system.start(Role::Fanout, 0).await?;
+        harness.system.start(Role::Sender, 0).await?;
+        let publishing = begin_load(&harness, load, 0).await;
+        tokio::task::block_in_place(|| kafka_sh(args, &cluster_env, &["kill", "2"]))?;
+        let verdict = finish_load(&harness, publishing).await?;
+        checks.push("broker 2 of 3 killed with SIGKILL and left down".to_owned());
+        crashes(&mut harness, failures);
+        harness.system.stop_all().await;
+        anyhow::Ok(verdict)
+    }
+    .await;
+    if let Err(error) = kafka_sh(args, &cluster_env, &["stop"]) {
+        eprintln!("stopping the three-broker cluster: {error:#}");
+    }
+    outcome
+}
+
+/// Runs the chosen scenarios, prints a verdict line each, writes the report; fails when any
+/// scenario failed.
+pub async fn run(bootstrap: &str, args: &FaultArgs) -> anyhow::Result<()> {
+    let env = match &args.dispatchd {
+        Some(path) => Environment::with_dispatchd(bootstrap, path),
+        None => Environment::beside_current_exe(bootstrap),
+    };
+    let chosen = if args.scenarios.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let load = Load {
+        rate: args.rate,
+        seconds: args.seconds,
+    };
+    let started_at_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut results = Vec::new();
+    for fault in chosen {
+        println!(
+            "{}: {} events/s for {} s ...",
+            fault.name(),
+            load.rate,
+            load.seconds
+        );
+        let result = match run_scenario(&env, fault, load, Some(args)).await {
+            Ok(result) => result,
+            Err(error) => FaultResult {
+                scenario: fault,
+                verdict: Verdict::default(),
+                checks: Vec::new(),
+                failures: vec![format!("the scenario could not run: {error:#}")],
+                seconds: 0.0,
+            },
+        };
+        println!("{}", result.line());
+        results.push(result);
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    std::fs::create_dir_all(&args.out_dir)?;
+    let path = args.out_dir.join(format!("faults-{started_at_unix}.json"));
+    let report = FaultReport {
+        bench: "faults",
+        started_at_unix,
+        machine: crate::e2e::machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        rate: args.rate,
+        seconds: args.seconds,
+        results,
+    };
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("report written to {}", path.display());
+    if failed > 0 {
+        bail!("{failed} fault scenario(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! The system under test as real processes: a `dispatchd` configuration for one run (its own
+//! topic prefix on the given broker), its topics, and `dispatchd fanout|sender|api` processes
+//! that can be started, killed with SIGKILL, stopped with SIGTERM, and measured (CPU seconds and
+//! peak RSS from /proc) while they run.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::topics::TopicNames;
+use serde::Serialize;
+
+/// How a run's `dispatchd` processes are configured.
+#[derive(Debug, Clone)]
+pub struct SystemSettings {
+    /// Bootstrap servers of the broker (or cluster).
+    pub bootstrap: String,
+    /// Topic and group prefix of this run (unique per run).
+    pub prefix: String,
+    /// Partitions of each domain topic.
+    pub domain_partitions: i32,
+    /// Partitions of `dispatch.deliveries`.
+    pub delivery_partitions: i32,
+    /// Replication factor of every topic (3 on the three-broker cluster).
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic, when set.
+    pub min_insync_replicas: Option<i32>,
+    /// The retry schedule, as `DISPATCH_RETRY_SCHEDULE` takes it (`0s,1s,2s`).
+    pub retry_schedule: String,
+    /// The sender's HTTP timeout, in milliseconds.
+    pub http_timeout_ms: u64,
+    /// The circuit breaker's first cool-down, in milliseconds.
+    pub cool_down_ms: u64,
+    /// Consecutive failures that open an endpoint's circuit.
+    pub failure_threshold: u32,
+    /// Most records per fan-out transaction.
+    pub fanout_batch_max_records: usize,
+    /// Longest fan-out batch collection time, in milliseconds.
+    pub fanout_batch_max_ms: u64,
+    /// The sender's drain timeout on revoke and SIGTERM, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// The admin API's operator token (the API role serves only this one).
+    pub api_token: String,
+}
+
+impl SystemSettings {
+    /// Defaults for a run on the local broker under `prefix`.
+    pub fn new(bootstrap: &str, prefix: &str) -> Self {
+        SystemSettings {
+            bootstrap: bootstrap.to_owned(),
+            prefix: prefix.to_owned(),
+            domain_partitions: 6,
+            delivery_partitions: 12,
+            replication_factor: 1,
+            min_insync_replicas: None,
+            retry_schedule: "0s,1s,2s".to_owned(),
+            http_timeout_ms: 5_000,
+            cool_down_ms: 1_000,
+            failure_threshold: 5,
+            fanout_batch_max_records: 1_000,
+            fanout_batch_max_ms: 20,
+            drain_timeout_ms: 3_000,
+            api_token: "bench-operator-token".to_owned(),
+        }
+    }
+
+    /// The Kafka client configuration the bench itself uses for this run.
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: self.bootstrap.clone(),
+            topic_prefix: self.prefix.clone(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// The run's topic names.
+    pub fn names(&self) -> TopicNames {
+        TopicNames::new(&self.prefix)
+    }
+
+    fn toml(&self, api_port: u16) -> String {
+        let min_isr = self
+            .min_insync_replicas
+            .map(|n| format!("min_insync_replicas = {n}\n"))
+            .unwrap_or_default();
+        format!(
+            r#"# Written by dispatch-bench for one run.
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+[topics]
+domain_partitions = {domain}
+delivery_partitions = {delivery}
+attempts_partitions = 6
+dlq_partitions = 3
+invalid_partitions = 1
+replication_factor = {rf}
+{min_isr}[retry]
+jitter = 0.0
+[fanout]
+group_id = "{prefix}fanout"
+transactional_id = "{prefix}fanout-0"
+batch_max_records = {batch_records}
+batch_max_ms = {batch_ms}
+[sender]
+group_id = "{prefix}sender"
+drain_timeout_ms = {drain}
+[sender.endpoint]
+failure_threshold = {threshold}
+cool_down_ms = {cool}
+max_cool_down_ms = {max_cool}
+[http]
+timeout_ms = {timeout}
+connect_timeout_ms = {timeout}
+allow_http = true
+allow_addresses = ["127.0.0.1/32"]
+[api]
+listen = "127.0.0.1:{api_port}"
+[[api.tokens]]
+token = "{token}"
+"#,
+            bootstrap = self.bootstrap,
+            prefix = self.prefix,
+            domain = self.domain_partitions,
+            delivery = self.delivery_partitions,
+            rf = self.replication_factor,
+            batch_records = self.fanout_batch_max_records,
+            batch_ms = self.fanout_batch_max_ms,
+            drain = self.drain_timeout_ms,
+            cool = self.cool_down_ms,
+            threshold = self.failure_threshold,
+            max_cool = self.cool_down_ms * 2,
+            timeout = self.http_timeout_ms,
+            token = self.api_token,
+        )
+    }
+}
+
+/// A role the bench runs as its own process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// `dispatchd fanout`.
+    Fanout,
+    /// `dispatchd sender`.
+    Sender,
+    /// `dispatchd api`.
+    Api,
+}
+
+impl Role {
+    fn command(self) -> &'static str {
+        match self {
+            Role::Fanout => "fanout",
+            Role::Sender => "sender",
+            Role::Api => "api",
+        }
+    }
+}
+
+/// CPU time and peak memory of one process, read from /proc while it runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessUsage {
+    /// `role-instance`, e.g. `sender-1`.
+    pub process: String,
+    /// User + system CPU seconds since the process started.
+    pub cpu_seconds: f64,
+    /// Peak resident set size (VmHWM), in MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// One `dispatchd` process of the run.
+#[derive(Debug)]
+pub struct RoleProcess {
+    /// Which role.
+    pub role: Role,
+    /// Instance number (distinct transactional ids and metrics ports per instance).
+    pub instance: usize,
+    /// Port of its `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_port: u16,
+    /// Its stderr.
+    pub log: PathBuf,
+    child: Option<Child>,
+    last_usage: ProcessUsage,
+}
+
+impl RoleProcess {
+    /// `role-instance`.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.role.command(), self.instance)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Reads its CPU and peak RSS now (the last reading stays once it exited).
+    pub fn usage(&mut self) -> ProcessUsage {
+        if let Some(pid) = self.pid()
+            && let Some(usage) = read_usage(pid)
+        {
+            self.last_usage = ProcessUsage {
+                process: self.name(),
+                ..usage
+            };
+        }
+        self.last_usage.clone()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (utime + stime) and VmHWM of a running process.
+pub fn read_usage(pid: u32) -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses, may contain spaces); utime and stime are
+    // fields 14 and 15 of the line, 12 and 13 after the name.
+    let rest = stat.rsplit(')').next()?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    Some(ProcessUsage {
+        process: String::new(),
+        cpu_seconds: ticks / clock_ticks_per_second(),
+        peak_rss_mib: hwm_kib / 1024.0,
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for one test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// The run: its configuration file and its processes.
+#[derive(Debug)]
+pub struct System {
+    /// How it is configured.
+    pub settings: SystemSettings,
+    /// The `dispatchd` binary.
+    pub dispatchd: PathBuf,
+    /// Where its configuration and logs are.
+    pub dir: PathBuf,
+    /// Port of the admin API (when an API process runs).
+    pub api_port: u16,
+    config_file: PathBuf,
+    processes: Vec<RoleProcess>,
+}
+
+impl System {
+    /// Writes the configuration under `dir` and creates the run's topics with
+    /// `dispatchd topics ensure --strict`.
+    pub fn create(dispatchd: &Path, dir: &Path, settings: SystemSettings) -> anyhow::Result<Self> {
+        if !dispatchd.is_file() {
+            bail!(
+                "no dispatchd binary at {} (build it: cargo build --release -p dispatchd, or pass --dispatchd)",
+                dispatchd.display()
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let api_port = free_port();
+        let config_file = dir.join("dispatchd.toml");
+        std::fs::File::create(&config_file)
+            .and_then(|mut file| file.write_all(settings.toml(api_port).as_bytes()))
+            .with_context(|| format!("writing {}", config_file.display()))?;
+        let system = System {
+            settings,
+            dispatchd: dispatchd.to_owned(),
+            dir: dir.to_owned(),
+            api_port,
+            config_file,
+            processes: Vec::new(),
+        };
+        let ensured = system
+            .command()
+            .args(["topics", "ensure", "--strict"])
+            .output()
+            .context("running dispatchd topics ensure")?;
+        if !ensured.status.success() {
+            bail!(
+                "dispatchd topics ensure failed: {}",
+                String::from_utf8_lossy(&ensured.stderr)
+            );
+        }
+        Ok(system)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.dispatchd);
+        command
+            .arg("--config")
+            .arg(&self.config_file)
+            .env_remove("DISPATCH_CONFIG")
+            .env("DISPATCH_RETRY_SCHEDULE", &self.settings.retry_schedule);
+        command
+    }
+
+    /// Starts `role` instance `instance` and waits until its `/readyz` answers 200.
+    pub async fn start(&mut self, role: Role, instance: usize) -> anyhow::Result<usize> {
+        let metrics_port = free_port();
+        let log = self.dir.join(format!("{}-{instance}.log", role.command()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut command = self.command();
+        command
+            .arg(role.command())
+            .env(
+                "DISPATCH_METRICS__LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env(
+                "DISPATCH_FANOUT__TRANSACTIONAL_ID",
+                format!("{}fanout-{instance}", self.settings.prefix),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_DISPATCHD_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.dispatchd.display()))?;
+        let mut process = RoleProcess {
+            role,
+            instance,
+            metrics_port,
+            log: log.clone(),
+            child: Some(child),
+            last_usage: ProcessUsage::default(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if !process.is_running() {
+                bail!(
+                    "{} exited while starting; see {}",
+                    process.name(),
+                    log.display()
+                );
+            }
+            if let Ok((200, _)) =
+                crate::client::get(&format!("http://127.0.0.1:{metrics_port}/readyz")).await
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after 60 s; see {}",
+                    process.name(),
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.processes.push(process);
+        Ok(self.processes.len() - 1)
+    }
+
+    /// The process at `index` (as [`System::start`] returned it).
+    pub fn process(&mut self, index: usize) -> &mut RoleProcess {
+        &mut self.processes[index]
+    }
+
+    /// SIGKILL: the process gets no chance to drain or commit.
+    pub fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        let process = &mut self.processes[index];
+        process.usage();
+        if let Some(mut child) = process.child.take() {
+            child.kill().context("kill -9")?;
+            child.wait().context("reaping the killed process")?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit; errors when it exits non-zero or
+    /// had to be killed.
+    pub async fn terminate(&mut self, index: usize, timeout: Duration) -> anyhow::Result<()> {
+        let process = &mut self.processes[index];
+        process.usage();
+        let name = process.name();
+        let Some(mut child) = process.child.take() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("kill -TERM")?;
+        if !status.success() {
+            bail!("could not signal {name}");
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                bail!("{name} exited with {status} after SIGTERM");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{name} still running {timeout:?} after SIGTERM (killed)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Usage of every process started so far (killed ones: their last reading).
+    pub fn usage(&mut self) -> Vec<ProcessUsage> {
+        self.processes.iter_mut().map(RoleProcess::usage).collect()
+    }
+
+    /// Names of processes that exited on their own (a crash the scenario did not cause).
+    pub fn crashed(&mut self) -> Vec<String> {
+        let mut crashed = Vec::new();
+        for process in &mut self.processes {
+            let exited = process
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                crashed.push(format!(
+                    "{} (see {})",
+                    process.name(),
+                    process.log.display()
+                ));
+            }
+        }
+        crashed
+    }
+
+    /// Stops every process with SIGTERM (SIGKILL after the drain timeout).
+    pub async fn stop_all(&mut self) {
+        let timeout = Duration::from_millis(self.settings.drain_timeout_ms + 10_000);
+        for index in 0..self.processes.len() {
+            if let Err(error) = self.terminate(index, timeout).await {
+                eprintln!("stopping: {error:#}");
+            }
+        }
+    }
+}
