@@ -62,6 +62,10 @@ pub struct E2eArgs {
     /// Partitions of dispatch.deliveries.
     #[arg(long, default_value_t = 12)]
     delivery_partitions: i32,
+    /// Receiver listeners (host:port pairs); the 200 endpoints are spread over them. One per
+    /// endpoint by default, as if every subscription were a different customer's host.
+    #[arg(long, default_value_t = workload::ENDPOINTS)]
+    receivers: usize,
     /// The `dispatchd` binary (default: next to this one).
     #[arg(long)]
     dispatchd: Option<PathBuf>,
@@ -70,7 +74,8 @@ pub struct E2eArgs {
     out_dir: PathBuf,
 }
 
-/// Latency percentiles, in milliseconds.
+/// Latency percentiles, in milliseconds; infinite (JSON `null`) when that share of the pairs
+/// had not arrived by the end of the wait.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
     /// Samples.
@@ -95,7 +100,10 @@ impl Percentiles {
                 return f64::NAN;
             }
             let index = ((micros.len() as f64 - 1.0) * fraction).round() as usize;
-            micros[index.min(micros.len() - 1)] as f64 / 1000.0
+            match micros[index.min(micros.len() - 1)] {
+                u64::MAX => f64::INFINITY,
+                value => value as f64 / 1000.0,
+            }
         };
         Percentiles {
             samples: micros.len(),
@@ -121,7 +129,8 @@ pub struct ThroughputResult {
     pub fraction_of_http_limit: Option<f64>,
     /// deliveries/s ÷ the raw Kafka produce→consume limit.
     pub fraction_of_kafka_limit: Option<f64>,
-    /// CPU seconds of each process in the window, and its peak RSS.
+    /// CPU seconds of each process in the window, and its peak RSS (the local broker's too,
+    /// when `kafka.sh` started it).
     pub processes: Vec<ProcessUsage>,
     /// CPU seconds of the bench process itself (publisher and receivers) in the window.
     pub bench_process_cpu_seconds: f64,
@@ -222,6 +231,13 @@ pub fn machine() -> String {
     format!("{cores} cores, {model}, Linux {}", kernel.trim())
 }
 
+/// Usage of the `dispatchd` processes and of the local brokers `kafka.sh` started.
+fn usage_now(harness: &mut Harness) -> Vec<ProcessUsage> {
+    let mut usage = harness.system.usage();
+    usage.extend(crate::system::broker_usage());
+    usage
+}
+
 fn window_usage(before: &[ProcessUsage], after: &[ProcessUsage]) -> Vec<ProcessUsage> {
     after
         .iter()
@@ -265,7 +281,7 @@ async fn throughput(
     window: Duration,
     limits: Option<&Limits>,
 ) -> anyhow::Result<ThroughputResult> {
-    let mut harness = Harness::prepare(env, "throughput", 4, |s| {
+    let mut harness = Harness::prepare(env, "throughput", args.receivers, |s| {
         s.delivery_partitions = args.delivery_partitions;
     })
     .await?;
@@ -278,14 +294,14 @@ async fn throughput(
     );
     // Let the pipeline fill before measuring.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = harness.system.usage();
+    let before = usage_now(&mut harness);
     let self_before = self_cpu_seconds();
     let accepted_before = harness.fleet.accepted();
     let started = std::time::Instant::now();
     tokio::time::sleep(window).await;
     let accepted = harness.fleet.accepted() - accepted_before;
     let elapsed = started.elapsed().as_secs_f64();
-    let processes = window_usage(&before, &harness.system.usage());
+    let processes = window_usage(&before, &usage_now(&mut harness));
     let bench_cpu = self_cpu_seconds() - self_before;
     harness.stop_publishing();
     let _ = publishing.await;
@@ -322,7 +338,7 @@ async fn at_rate(
     } else {
         "latency"
     };
-    let mut harness = Harness::prepare(env, name, 4, |s| {
+    let mut harness = Harness::prepare(env, name, args.receivers, |s| {
         s.delivery_partitions = args.delivery_partitions;
     })
     .await?;
@@ -333,7 +349,7 @@ async fn at_rate(
             harness.fleet.set_mode(endpoint, Mode::Hang);
         }
     }
-    let before = harness.system.usage();
+    let before = usage_now(&mut harness);
     let first_seq = harness.publisher.sent();
     let start = harness.fleet.elapsed();
     let publishing = harness.publish(Pace::Rate(rate), seconds, 0);
@@ -364,16 +380,23 @@ async fn at_rate(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let processes = window_usage(&before, &harness.system.usage());
+    let processes = window_usage(&before, &usage_now(&mut harness));
     let grace = publish_end + Duration::from_secs(5);
     let mut in_time = 0usize;
     let mut latencies = Vec::with_capacity(healthy.len());
+    let mut delivered = 0;
     for &(seq, endpoint) in &healthy {
-        if let Some(reception) = harness.fleet.reception(seq, endpoint) {
-            latencies.push(reception.latency_us);
-            if reception.first_at <= grace {
-                in_time += 1;
+        match harness.fleet.reception(seq, endpoint) {
+            Some(reception) => {
+                delivered += 1;
+                latencies.push(reception.latency_us);
+                if reception.first_at <= grace {
+                    in_time += 1;
+                }
             }
+            // Not there by the end of the wait: slower than anything measured, so it counts in
+            // the percentiles as never (a percentile it decides reads as not reached).
+            None => latencies.push(u64::MAX),
         }
     }
     let publish_seconds = (publish_end - start).as_secs_f64();
@@ -393,26 +416,34 @@ async fn at_rate(
         seconds: publish_seconds,
         healthy_owed: healthy.len(),
         healthy_deliveries_per_second: in_time as f64 / publish_seconds,
-        healthy_delivered: latencies.len(),
+        healthy_delivered: delivered,
         latency: Percentiles::of(latencies),
         processes,
         verdict,
     })
 }
 
+fn ms(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.1} ms")
+    } else {
+        "not reached".to_owned()
+    }
+}
+
 fn print_rate(label: &str, result: &RateResult) {
     let l = &result.latency;
     println!(
-        "{label} {}/s events: healthy {}/{} delivered, {:.0} healthy deliveries/s, latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms{}",
+        "{label} {}/s events: healthy {}/{} delivered, {:.0} healthy deliveries/s, latency p50 {} p90 {} p99 {} p99.9 {} max {}{}",
         result.events_per_second,
         result.healthy_delivered,
         result.healthy_owed,
         result.healthy_deliveries_per_second,
-        l.p50_ms,
-        l.p90_ms,
-        l.p99_ms,
-        l.p999_ms,
-        l.max_ms,
+        ms(l.p50_ms),
+        ms(l.p90_ms),
+        ms(l.p99_ms),
+        ms(l.p999_ms),
+        ms(l.max_ms),
         result
             .verdict
             .as_ref()

@@ -258,6 +258,25 @@ pub fn read_usage(pid: u32) -> Option<ProcessUsage> {
     })
 }
 
+/// Usage of the brokers `deploy/kafka/kafka.sh` runs (its pid files under `KAFKA_RUN_DIR`,
+/// default `.run/kafka` of the current directory); none when it runs elsewhere.
+pub fn broker_usage() -> Vec<ProcessUsage> {
+    let run_dir = std::env::var("KAFKA_RUN_DIR").unwrap_or_else(|_| ".run/kafka".to_owned());
+    let mut usage = Vec::new();
+    for node in 1..=9 {
+        let Ok(pid) = std::fs::read_to_string(format!("{run_dir}/node-{node}/pid")) else {
+            continue;
+        };
+        if let Some(reading) = pid.trim().parse().ok().and_then(read_usage) {
+            usage.push(ProcessUsage {
+                process: format!("kafka-broker-{node}"),
+                ..reading
+            });
+        }
+    }
+    usage
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for one test machine).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -19,8 +19,13 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4096;
 pub const MAX_RESPONSE_BYTES_LIMIT: usize = 1024 * 1024;
 /// How long an idle pooled connection is kept by default.
 pub const DEFAULT_POOL_IDLE_TIMEOUT_SECS: u64 = 90;
-/// How many idle connections per endpoint are kept by default.
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// How many idle connections per endpoint are kept by default: as many as the sender may have
+/// in flight (`sender.max_concurrent_requests`' default). A smaller cap closes every
+/// connection beyond it after one request whenever one host gets more concurrent webhooks
+/// than the cap (many subscriptions on one host): measured with `dispatch-bench e2e
+/// --receivers 4`, a cap of 32 turned the load into ~45,000 TIME-WAIT sockets and halved
+/// throughput (docs/benchmarks.md).
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 512;
 
 /// The default `user-agent`: `Posternity-Webhooks/<version>`, as the design's section 5 says.
 #[must_use]
@@ -57,7 +62,7 @@ pub struct HttpConfig {
     /// at once. Default 90.
     pub pool_idle_timeout_secs: u64,
     /// How many idle connections are kept per endpoint (scheme, host and port); 0 disables
-    /// keep-alive reuse. Default 32.
+    /// keep-alive reuse. Default 512.
     pub pool_max_idle_per_host: usize,
 }
 
@@ -197,7 +202,7 @@ mod tests {
             format!("Posternity-Webhooks/{}", env!("CARGO_PKG_VERSION"))
         );
         assert_eq!(config.pool_idle_timeout_secs, 90);
-        assert_eq!(config.pool_max_idle_per_host, 32);
+        assert_eq!(config.pool_max_idle_per_host, 512);
     }
 
     #[test]
