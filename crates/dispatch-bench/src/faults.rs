@@ -123,6 +123,8 @@ pub struct FaultResult {
     pub failures: Vec<String>,
     /// Seconds the scenario took.
     pub seconds: f64,
+    /// Where the `dispatchd` processes' configuration and logs are.
+    pub logs: String,
 }
 
 impl FaultResult {
@@ -144,6 +146,10 @@ impl FaultResult {
         for failure in &self.failures {
             line.push_str("; FAILED: ");
             line.push_str(failure);
+        }
+        if !self.passed() && !self.logs.is_empty() {
+            line.push_str("; logs in ");
+            line.push_str(&self.logs);
         }
         line
     }
@@ -190,7 +196,9 @@ async fn finish_load(
             published.failed
         );
     }
-    harness.settle(Duration::from_secs(120)).await
+    // Long enough for a lost broker's partitions to move and for a transaction stuck on them
+    // to time out (transaction.timeout.ms, 60 s) and be redone.
+    harness.settle(Duration::from_secs(240)).await
 }
 
 fn kafka_sh(args: &FaultArgs, env: &[(&str, String)], command: &[&str]) -> anyhow::Result<()> {
@@ -219,6 +227,7 @@ async fn run_scenario(
     let started = std::time::Instant::now();
     let mut checks = Vec::new();
     let mut failures = Vec::new();
+    let mut logs = String::new();
     let verdict = match fault {
         Fault::KillSender | Fault::KillFanout => {
             let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
@@ -238,7 +247,7 @@ async fn run_scenario(
                 "{} killed with SIGKILL and restarted",
                 role_name(role)
             ));
-            crashes(&mut harness, &mut failures);
+            crashes(&mut harness, &mut failures, &mut logs);
             harness.system.stop_all().await;
             verdict
         }
@@ -258,7 +267,7 @@ async fn run_scenario(
             publishing.await.context("publisher")?;
             let verdict = harness.settle(Duration::from_secs(120)).await?;
             checks.push("sender-1 joined, then sender-0 left with SIGTERM".to_owned());
-            crashes(&mut harness, &mut failures);
+            crashes(&mut harness, &mut failures, &mut logs);
             harness.system.stop_all().await;
             verdict
         }
@@ -281,11 +290,13 @@ async fn run_scenario(
             } else {
                 failures.push(line);
             }
-            crashes(&mut harness, &mut failures);
+            crashes(&mut harness, &mut failures, &mut logs);
             harness.system.stop_all().await;
             verdict
         }
-        Fault::EndpointDown => endpoint_down(env, load, &mut checks, &mut failures).await?,
+        Fault::EndpointDown => {
+            endpoint_down(env, load, &mut checks, &mut failures, &mut logs).await?
+        }
         Fault::BrokerRestart => {
             let Some(args) = args else {
                 bail!("broker-restart needs kafka.sh (run it through `dispatch-bench faults`)");
@@ -297,7 +308,7 @@ async fn run_scenario(
             tokio::task::block_in_place(|| kafka_sh(args, &[], &["restart", "1"]))?;
             let verdict = finish_load(&harness, publishing).await?;
             checks.push("broker restarted".to_owned());
-            crashes(&mut harness, &mut failures);
+            crashes(&mut harness, &mut failures, &mut logs);
             harness.system.stop_all().await;
             verdict
         }
@@ -305,7 +316,7 @@ async fn run_scenario(
             let Some(args) = args else {
                 bail!("broker-loss needs kafka.sh (run it through `dispatch-bench faults`)");
             };
-            broker_loss(env, load, args, &mut checks, &mut failures).await?
+            broker_loss(env, load, args, &mut checks, &mut failures, &mut logs).await?
         }
     };
     Ok(FaultResult {
@@ -314,6 +325,7 @@ async fn run_scenario(
         checks,
         failures,
         seconds: started.elapsed().as_secs_f64(),
+        logs,
     })
 }
 
@@ -325,10 +337,12 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn crashes(harness: &mut Harness, failures: &mut Vec<String>) {
+/// Notes processes that exited on their own, and where the run's logs are.
+fn crashes(harness: &mut Harness, failures: &mut Vec<String>, logs: &mut String) {
     for crashed in harness.system.crashed() {
         failures.push(format!("{crashed} exited on its own"));
     }
+    *logs = harness.system.dir.display().to_string();
 }
 
 /// Endpoints of accounts 0 and 1 (eight) fail for their whole schedule.
@@ -341,6 +355,7 @@ async fn endpoint_down(
     load: Load,
     checks: &mut Vec<String>,
     failures: &mut Vec<String>,
+    logs: &mut String,
 ) -> anyhow::Result<Verdict> {
     // The circuit breaker would turn most attempts into deferrals, which end in the DLQ only at
     // retry.max_total_age (see docs/reliability.md); this scenario is about the schedule, so
@@ -423,7 +438,7 @@ async fn endpoint_down(
     } else {
         failures.push(line);
     }
-    crashes(&mut harness, failures);
+    crashes(&mut harness, failures, logs);
     harness.system.stop_all().await;
     Ok(after)
 }
@@ -434,6 +449,7 @@ async fn broker_loss(
     args: &FaultArgs,
     checks: &mut Vec<String>,
     failures: &mut Vec<String>,
+    logs: &mut String,
 ) -> anyhow::Result<Verdict> {
     let cluster_env = [
         ("KAFKA_PORT", args.cluster_port.to_string()),
@@ -466,7 +482,7 @@ async fn broker_loss(
         tokio::task::block_in_place(|| kafka_sh(args, &cluster_env, &["kill", "2"]))?;
         let verdict = finish_load(&harness, publishing).await?;
         checks.push("broker 2 of 3 killed with SIGKILL and left down".to_owned());
-        crashes(&mut harness, failures);
+        crashes(&mut harness, failures, logs);
         harness.system.stop_all().await;
         anyhow::Ok(verdict)
     }
@@ -510,6 +526,7 @@ pub async fn run(bootstrap: &str, args: &FaultArgs) -> anyhow::Result<()> {
                 checks: Vec::new(),
                 failures: vec![format!("the scenario could not run: {error:#}")],
                 seconds: 0.0,
+                logs: String::new(),
             },
         };
         println!("{}", result.line());

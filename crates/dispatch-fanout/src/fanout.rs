@@ -500,10 +500,21 @@ impl Fanout {
 
     /// Enqueues a record in the open transaction, waiting while the local queue is full.
     fn send<'r>(&self, mut record: BaseRecord<'r, [u8], [u8]>) -> Result<(), TransactionFailure> {
+        // A queue that stays full means the brokers are not taking records (a leader lost,
+        // acks=all waiting for replicas): waiting longer than a request would not help, and
+        // an unbounded wait here would never look at the stop flag. Abort and read the batch
+        // again instead.
+        let deadline = Instant::now() + self.request_timeout;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    if Instant::now() > deadline {
+                        warn!("producer queue full for a whole request timeout");
+                        return Err(TransactionFailure::Retry(KafkaError::MessageProduction(
+                            RDKafkaErrorCode::QueueFull,
+                        )));
+                    }
                     record = returned;
                     std::thread::sleep(Duration::from_millis(5));
                 }
