@@ -353,7 +353,7 @@ async fn throughput(
     harness.stop_publishing();
     let _ = publishing.await;
     let verdict = harness.settle(Duration::from_secs(180)).await?;
-    harness.system.stop_all().await;
+    harness.finish(false).await;
     let deliveries_per_second = accepted as f64 / elapsed;
     Ok(ThroughputResult {
         window_seconds: elapsed,
@@ -449,7 +449,7 @@ async fn at_rate(
     for endpoint in 0..workload::ENDPOINTS {
         harness.fleet.set_mode(endpoint, Mode::Accept);
     }
-    harness.system.stop_all().await;
+    harness.finish(false).await;
     Ok(RateResult {
         events_per_second: rate,
         hanging_fraction,

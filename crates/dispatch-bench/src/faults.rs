@@ -248,7 +248,9 @@ async fn run_scenario(
                 role_name(role)
             ));
             crashes(&mut harness, &mut failures, &mut logs);
-            harness.system.stop_all().await;
+            harness
+                .finish(!verdict.passed() || !failures.is_empty())
+                .await;
             verdict
         }
         Fault::ScaleOutIn => {
@@ -268,7 +270,9 @@ async fn run_scenario(
             let verdict = harness.settle(Duration::from_secs(120)).await?;
             checks.push("sender-1 joined, then sender-0 left with SIGTERM".to_owned());
             crashes(&mut harness, &mut failures, &mut logs);
-            harness.system.stop_all().await;
+            harness
+                .finish(!verdict.passed() || !failures.is_empty())
+                .await;
             verdict
         }
         Fault::Garbage => {
@@ -291,7 +295,9 @@ async fn run_scenario(
                 failures.push(line);
             }
             crashes(&mut harness, &mut failures, &mut logs);
-            harness.system.stop_all().await;
+            harness
+                .finish(!verdict.passed() || !failures.is_empty())
+                .await;
             verdict
         }
         Fault::EndpointDown => {
@@ -309,7 +315,9 @@ async fn run_scenario(
             let verdict = finish_load(&harness, publishing).await?;
             checks.push("broker restarted".to_owned());
             crashes(&mut harness, &mut failures, &mut logs);
-            harness.system.stop_all().await;
+            harness
+                .finish(!verdict.passed() || !failures.is_empty())
+                .await;
             verdict
         }
         Fault::BrokerLoss => {
@@ -439,7 +447,9 @@ async fn endpoint_down(
         failures.push(line);
     }
     crashes(&mut harness, failures, logs);
-    harness.system.stop_all().await;
+    harness
+        .finish(!after.passed() || !failures.is_empty())
+        .await;
     Ok(after)
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::topics::TopicNames;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use tokio::task::JoinHandle;
 
 use crate::fleet::Fleet;
@@ -172,6 +174,38 @@ impl Harness {
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Stops every process; then deletes the run's topics unless `keep_topics` (a failed run
+    /// keeps them for inspection). A broker that collects every run's topics gets slower.
+    pub async fn finish(&mut self, keep_topics: bool) {
+        self.system.stop_all().await;
+        if keep_topics {
+            return;
+        }
+        let prefix = self.kafka.topic_prefix.clone();
+        let deleted = async {
+            let admin: AdminClient<DefaultClientContext> = self.kafka.client_config().create()?;
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))?;
+            let topics: Vec<String> = metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| name.starts_with(&prefix))
+                .collect();
+            if !topics.is_empty() {
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+                admin.delete_topics(&names, &options).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = deleted {
+            eprintln!("deleting the topics of {prefix}: {error:#}");
         }
     }
 }
