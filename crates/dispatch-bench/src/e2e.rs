@@ -248,7 +248,8 @@ pub struct Report {
     pub head_of_line: Option<HeadOfLineResult>,
 }
 
-fn commit() -> String {
+/// `git rev-parse --short HEAD`, `-dirty` when tracked files changed.
+pub fn commit() -> String {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)

@@ -160,6 +160,7 @@ impl FaultResult {
 struct FaultReport {
     bench: &'static str,
     started_at_unix: u64,
+    commit: String,
     machine: String,
     command: String,
     rate: u64,
@@ -548,6 +549,7 @@ pub async fn run(bootstrap: &str, args: &FaultArgs) -> anyhow::Result<()> {
     let report = FaultReport {
         bench: "faults",
         started_at_unix,
+        commit: crate::e2e::commit(),
         machine: crate::e2e::machine(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         rate: args.rate,

@@ -289,6 +289,11 @@ impl Engine {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            // The broker answers a fetch as soon as data is there; this bounds how long it
+            // holds one when there is none yet. librdkafka's 500 ms held the first fetch after
+            // every assignment that long while the records were already arriving (measured:
+            // docs/benchmarks.md), delaying the first deliveries after each rebalance.
+            .set("fetch.wait.max.ms", "100")
             .set(
                 "statistics.interval.ms",
                 dispatch_kafka::lag::statistics_interval(kafka),
