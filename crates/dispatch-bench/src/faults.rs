@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::fleet::Mode;
 use crate::harness::{Environment, Harness};
 use crate::ledger::{self, Verdict};
-use crate::system::Role;
+use crate::system::{Role, SystemSettings};
 use crate::workload::{self, Pace};
 
 /// The scenarios.
@@ -231,9 +231,7 @@ async fn run_scenario(
     let mut logs = String::new();
     let verdict = match fault {
         Fault::KillSender | Fault::KillFanout => {
-            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
-            let fanout = harness.system.start(Role::Fanout, 0).await?;
-            let sender = harness.system.start(Role::Sender, 0).await?;
+            let (mut harness, fanout, sender) = pipeline(env, fault.name(), |_| {}).await?;
             let (victim, role) = if fault == Fault::KillSender {
                 (sender, Role::Sender)
             } else {
@@ -248,38 +246,25 @@ async fn run_scenario(
                 "{} killed with SIGKILL and restarted",
                 role_name(role)
             ));
-            crashes(&mut harness, &mut failures, &mut logs);
-            harness
-                .finish(!verdict.passed() || !failures.is_empty())
-                .await;
+            close(harness, &verdict, &mut failures, &mut logs).await;
             verdict
         }
         Fault::ScaleOutIn => {
-            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
-            harness.system.start(Role::Fanout, 0).await?;
-            let first = harness.system.start(Role::Sender, 0).await?;
-            let publishing =
-                harness.publish(Pace::Rate(load.rate), Duration::from_secs(load.seconds), 0);
-            tokio::time::sleep(Duration::from_secs(load.seconds / 3)).await;
+            let (mut harness, _, first) = pipeline(env, fault.name(), |_| {}).await?;
+            let publishing = begin_load(&harness, load, 0).await;
             harness.system.start(Role::Sender, 1).await?;
             tokio::time::sleep(Duration::from_secs(load.seconds / 3)).await;
             let drain = Duration::from_millis(harness.system.settings.drain_timeout_ms + 10_000);
             if let Err(error) = harness.system.terminate(first, drain).await {
                 failures.push(format!("scale-in: {error:#}"));
             }
-            publishing.await.context("publisher")?;
-            let verdict = harness.settle(Duration::from_secs(120)).await?;
+            let verdict = finish_load(&harness, publishing).await?;
             checks.push("sender-1 joined, then sender-0 left with SIGTERM".to_owned());
-            crashes(&mut harness, &mut failures, &mut logs);
-            harness
-                .finish(!verdict.passed() || !failures.is_empty())
-                .await;
+            close(harness, &verdict, &mut failures, &mut logs).await;
             verdict
         }
         Fault::Garbage => {
-            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
-            harness.system.start(Role::Fanout, 0).await?;
-            harness.system.start(Role::Sender, 0).await?;
+            let (harness, _, _) = pipeline(env, fault.name(), |_| {}).await?;
             let publishing = begin_load(&harness, load, 100).await;
             let verdict = finish_load(&harness, publishing).await?;
             let garbage = harness.publisher.published().await.garbage;
@@ -295,10 +280,7 @@ async fn run_scenario(
             } else {
                 failures.push(line);
             }
-            crashes(&mut harness, &mut failures, &mut logs);
-            harness
-                .finish(!verdict.passed() || !failures.is_empty())
-                .await;
+            close(harness, &verdict, &mut failures, &mut logs).await;
             verdict
         }
         Fault::EndpointDown => {
@@ -308,17 +290,12 @@ async fn run_scenario(
             let Some(args) = args else {
                 bail!("broker-restart needs kafka.sh (run it through `dispatch-bench faults`)");
             };
-            let mut harness = Harness::prepare(env, fault.name(), 2, |_| {}).await?;
-            harness.system.start(Role::Fanout, 0).await?;
-            harness.system.start(Role::Sender, 0).await?;
+            let (harness, _, _) = pipeline(env, fault.name(), |_| {}).await?;
             let publishing = begin_load(&harness, load, 0).await;
             tokio::task::block_in_place(|| kafka_sh(args, &[], &["restart", "1"]))?;
             let verdict = finish_load(&harness, publishing).await?;
             checks.push("broker restarted".to_owned());
-            crashes(&mut harness, &mut failures, &mut logs);
-            harness
-                .finish(!verdict.passed() || !failures.is_empty())
-                .await;
+            close(harness, &verdict, &mut failures, &mut logs).await;
             verdict
         }
         Fault::BrokerLoss => {
@@ -346,12 +323,34 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// Notes processes that exited on their own, and where the run's logs are.
-fn crashes(harness: &mut Harness, failures: &mut Vec<String>, logs: &mut String) {
+/// A fresh run of `scenario` with a fan-out and a sender running: the harness and the two
+/// processes' indexes.
+async fn pipeline(
+    env: &Environment,
+    scenario: &str,
+    adjust: impl FnOnce(&mut SystemSettings),
+) -> anyhow::Result<(Harness, usize, usize)> {
+    let mut harness = Harness::prepare(env, scenario, 2, adjust).await?;
+    let fanout = harness.system.start(Role::Fanout, 0).await?;
+    let sender = harness.system.start(Role::Sender, 0).await?;
+    Ok((harness, fanout, sender))
+}
+
+/// Ends a run: notes processes that exited on their own and where the logs are, stops every
+/// process, and deletes the topics unless something failed.
+async fn close(
+    mut harness: Harness,
+    verdict: &Verdict,
+    failures: &mut Vec<String>,
+    logs: &mut String,
+) {
     for crashed in harness.system.crashed() {
         failures.push(format!("{crashed} exited on its own"));
     }
     *logs = harness.system.dir.display().to_string();
+    harness
+        .finish(!verdict.passed() || !failures.is_empty())
+        .await;
 }
 
 /// Endpoints of accounts 0 and 1 (eight) fail for their whole schedule.
@@ -369,13 +368,11 @@ async fn endpoint_down(
     // The circuit breaker would turn most attempts into deferrals, which end in the DLQ only at
     // retry.max_total_age (see docs/reliability.md); this scenario is about the schedule, so
     // the threshold is out of reach.
-    let mut harness = Harness::prepare(env, "endpoint-down", 2, |s| {
+    let (mut harness, _, _) = pipeline(env, "endpoint-down", |s| {
         s.failure_threshold = 1_000_000;
         s.retry_schedule = "0s,1s,2s".to_owned();
     })
     .await?;
-    harness.system.start(Role::Fanout, 0).await?;
-    harness.system.start(Role::Sender, 0).await?;
     harness.system.start(Role::Api, 0).await?;
     for endpoint in (0..workload::ENDPOINTS).filter(|&e| down(e)) {
         harness.fleet.set_mode(endpoint, Mode::Fail);
@@ -447,10 +444,7 @@ async fn endpoint_down(
     } else {
         failures.push(line);
     }
-    crashes(&mut harness, failures, logs);
-    harness
-        .finish(!after.passed() || !failures.is_empty())
-        .await;
+    close(harness, &after, failures, logs).await;
     Ok(after)
 }
 
@@ -482,19 +476,16 @@ async fn broker_loss(
         ..env.clone()
     };
     let outcome = async {
-        let mut harness = Harness::prepare(&cluster, "broker-loss", 2, |s| {
+        let (harness, _, _) = pipeline(&cluster, "broker-loss", |s| {
             s.replication_factor = 3;
             s.min_insync_replicas = Some(2);
         })
         .await?;
-        harness.system.start(Role::Fanout, 0).await?;
-        harness.system.start(Role::Sender, 0).await?;
         let publishing = begin_load(&harness, load, 0).await;
         tokio::task::block_in_place(|| kafka_sh(args, &cluster_env, &["kill", "2"]))?;
         let verdict = finish_load(&harness, publishing).await?;
         checks.push("broker 2 of 3 killed with SIGKILL and left down".to_owned());
-        crashes(&mut harness, failures, logs);
-        harness.system.stop_all().await;
+        close(harness, &verdict, failures, logs).await;
         anyhow::Ok(verdict)
     }
     .await;

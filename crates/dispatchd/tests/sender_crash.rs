@@ -242,20 +242,36 @@ listen = "127.0.0.1:0"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The process that joined mid-load is ready and its metrics moved.
+    // The process that joined mid-load is ready and its metrics moved. Lag comes from
+    // librdkafka's statistics, emitted once per statistics interval: a fast run can get here
+    // before the first one, so the metrics are read until every line is there (or 30 s).
     let (status, body) = http_get(second_metrics, "/readyz").await;
     assert_eq!(status, 200, "{body}");
-    let (status, metrics) = http_get(second_metrics, "/metrics").await;
-    assert_eq!(status, 200);
-    for line in [
+    let wanted = [
         "dispatch_sender_attempts_total{outcome=\"success\"}",
         "dispatch_sender_attempt_duration_seconds_count",
         "dispatch_sender_event_to_delivery_seconds_count",
         "dispatch_sender_in_flight_requests",
         "dispatch_view_subscriptions 5",
         "dispatch_kafka_consumer_lag_records{group=",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    ];
+    let metrics_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, metrics) = http_get(second_metrics, "/metrics").await;
+        assert_eq!(status, 200);
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|line| !metrics.contains(line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < metrics_deadline,
+            "{missing:?} missing from:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // SIGTERM: the survivors drain, commit and exit 0.
