@@ -22,8 +22,6 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -510,18 +508,7 @@ async fn delivered(delivery: DeliveryFuture) -> anyhow::Result<()> {
 
 /// Deletes the baseline topic; a failure is only logged.
 async fn delete_topic(config: &KafkaConfig, topic: &str) {
-    let deleted = async {
-        let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
-        let options = AdminOptions::new()
-            .request_timeout(Some(config.request_timeout()))
-            .operation_timeout(Some(config.request_timeout()));
-        for result in admin.delete_topics(&[topic], &options).await? {
-            result.map_err(|(topic, code)| anyhow!("{topic}: {code}"))?;
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = deleted {
+    if let Err(error) = crate::topics::delete(config, &[topic.to_owned()]).await {
         tracing::warn!(topic, %error, "could not delete the baseline topic");
     }
 }

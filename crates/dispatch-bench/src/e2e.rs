@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::baseline::{self, Limits};
 use crate::fleet::Mode;
 use crate::harness::{Environment, Harness};
-use crate::ledger::Verdict;
+use crate::ledger::{self, Verdict};
 use crate::system::{ProcessUsage, Role};
 use crate::workload::{self, Pace};
 
@@ -147,14 +147,8 @@ pub struct RateResult {
     pub hanging_fraction: f64,
     /// Publishing time, seconds.
     pub seconds: f64,
-    /// Pairs owed to healthy endpoints.
-    pub healthy_owed: usize,
-    /// Healthy pairs delivered by the end of publishing + 5 s, per second of publishing.
-    pub healthy_deliveries_per_second: f64,
-    /// Healthy pairs delivered by the end of the wait.
-    pub healthy_delivered: usize,
-    /// Event-to-delivery latency of the healthy pairs (first arrival).
-    pub latency: Percentiles,
+    /// The pairs owed to every endpoint that does not hang in this run.
+    pub healthy: Figures,
     /// The same figures on the 180 endpoints that never hang in `head-of-line`, in every run.
     pub comparable: Figures,
     /// CPU seconds of each process over the run, and its peak RSS.
@@ -181,8 +175,8 @@ impl Figures {
         let mut in_time = 0usize;
         let mut delivered = 0;
         let mut latencies = Vec::with_capacity(pairs.len());
-        for &(seq, endpoint) in pairs {
-            match harness.fleet.reception(seq, endpoint) {
+        for reception in harness.fleet.receptions(pairs) {
+            match reception {
                 Some(reception) => {
                     delivered += 1;
                     latencies.push(reception.latency_us);
@@ -303,10 +297,6 @@ fn window_usage(before: &[ProcessUsage], after: &[ProcessUsage]) -> Vec<ProcessU
         .collect()
 }
 
-fn self_cpu_seconds() -> f64 {
-    crate::system::read_usage(std::process::id()).map_or(f64::NAN, |u| u.cpu_seconds)
-}
-
 async fn start_roles(harness: &mut Harness, senders: usize) -> anyhow::Result<()> {
     harness.system.start(Role::Fanout, 0).await?;
     for instance in 0..senders.max(1) {
@@ -343,14 +333,14 @@ async fn throughput(
     // Let the pipeline fill before measuring.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = usage_now(&mut harness);
-    let self_before = self_cpu_seconds();
+    let self_before = crate::system::own_cpu_seconds();
     let accepted_before = harness.fleet.accepted();
     let started = std::time::Instant::now();
     tokio::time::sleep(window).await;
     let accepted = harness.fleet.accepted() - accepted_before;
     let elapsed = started.elapsed().as_secs_f64();
     let processes = window_usage(&before, &usage_now(&mut harness));
-    let bench_cpu = self_cpu_seconds() - self_before;
+    let bench_cpu = crate::system::own_cpu_seconds() - self_before;
     harness.stop_publishing();
     let _ = publishing.await;
     let verdict = harness.settle(Duration::from_secs(180)).await?;
@@ -412,17 +402,13 @@ async fn at_rate(
         .filter(|&seq| seq >= first_seq)
         .collect();
     // Wait for the healthy pairs (the hanging ones take their whole schedule).
-    let healthy: Vec<(u64, usize)> = acked
-        .iter()
-        .flat_map(|&seq| workload::endpoints_of(seq).map(move |e| (seq, e)))
+    let healthy: Vec<(u64, usize)> = ledger::owed_pairs(&acked)
+        .into_iter()
         .filter(|&(_, e)| !hangs(e, hanging_fraction))
         .collect();
     let wait_until = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let missing = healthy
-            .iter()
-            .filter(|&&(seq, e)| harness.fleet.reception(seq, e).is_none())
-            .count();
+        let missing = harness.fleet.missing(&healthy);
         if missing == 0 || std::time::Instant::now() > wait_until {
             break;
         }
@@ -431,7 +417,7 @@ async fn at_rate(
     let processes = window_usage(&before, &usage_now(&mut harness));
     let grace = publish_end + Duration::from_secs(5);
     let publish_seconds = (publish_end - start).as_secs_f64();
-    let figures = Figures::of(&harness, &healthy, grace, publish_seconds);
+    let healthy_figures = Figures::of(&harness, &healthy, grace, publish_seconds);
     // The endpoints that hang in `head-of-line` excluded, hanging or not, so both runs are
     // measured on the same endpoints.
     let comparable_pairs: Vec<(u64, usize)> = healthy
@@ -455,10 +441,7 @@ async fn at_rate(
         events_per_second: rate,
         hanging_fraction,
         seconds: publish_seconds,
-        healthy_owed: figures.owed,
-        healthy_deliveries_per_second: figures.deliveries_per_second,
-        healthy_delivered: figures.delivered,
-        latency: figures.latency,
+        healthy: healthy_figures,
         comparable,
         processes,
         verdict,
@@ -474,13 +457,14 @@ fn ms(value: f64) -> String {
 }
 
 fn print_rate(label: &str, result: &RateResult) {
-    let l = &result.latency;
+    let healthy = &result.healthy;
+    let l = &healthy.latency;
     println!(
         "{label} {}/s events: healthy {}/{} delivered, {:.0} healthy deliveries/s, latency p50 {} p90 {} p99 {} p99.9 {} max {}{}",
         result.events_per_second,
-        result.healthy_delivered,
-        result.healthy_owed,
-        result.healthy_deliveries_per_second,
+        healthy.delivered,
+        healthy.owed,
+        healthy.deliveries_per_second,
         ms(l.p50_ms),
         ms(l.p90_ms),
         ms(l.p99_ms),

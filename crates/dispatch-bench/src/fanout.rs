@@ -138,26 +138,6 @@ fn subscriptions() -> Vec<Subscription> {
     subscriptions
 }
 
-/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`).
-pub(crate) fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let Some(rest) = stat.rsplit(')').next() else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 async fn prefill(config: &KafkaConfig, names: &TopicNames, events: usize) -> anyhow::Result<usize> {
     let producer: FutureProducer = config
         .client_config()
@@ -269,7 +249,7 @@ pub async fn run(bootstrap: &str, args: &FanoutArgs) -> anyhow::Result<()> {
     let image_topic = names.domain(Family::Image).context("image topic")?;
 
     eprintln!("fanning out ...");
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = dispatch_bench::system::own_cpu_seconds();
     let started = Instant::now();
     let build_config = config.clone();
     let fanout = tokio::task::spawn_blocking(move || {
@@ -293,7 +273,7 @@ pub async fn run(bootstrap: &str, args: &FanoutArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds() - cpu_before;
+    let cpu = dispatch_bench::system::own_cpu_seconds() - cpu_before;
     let _ = stop.send(());
     running.await??;
 

@@ -268,7 +268,7 @@ async fn run_scenario(
             let publishing = begin_load(&harness, load, 100).await;
             let verdict = finish_load(&harness, publishing).await?;
             let garbage = harness.publisher.published().await.garbage;
-            let quarantined = ledger::read_topic(
+            let quarantined = crate::topics::read_topic(
                 &harness.kafka,
                 &harness.names.invalid(),
                 Duration::from_secs(60),
@@ -380,13 +380,13 @@ async fn endpoint_down(
     let publishing = begin_load(&harness, load, 0).await;
     let verdict = finish_load(&harness, publishing).await?;
     let acked = harness.publisher.published().await.acked;
-    let owed_down: Vec<(u64, usize)> = acked
-        .iter()
-        .flat_map(|&seq| workload::endpoints_of(seq).map(move |e| (seq, e)))
+    let owed_down: Vec<(u64, usize)> = ledger::owed_pairs(&acked)
+        .into_iter()
         .filter(|&(_, e)| down(e))
         .collect();
     let dead = ledger::dead_letters(&harness.kafka, &harness.names.dlq())?;
-    let max_attempts = 4; // "0s,1s,2s": the first attempt and one per delay
+    // The first attempt and one per delay of the schedule.
+    let max_attempts = harness.system.settings.retry_schedule.split(',').count() + 1;
     let dead_right = owed_down
         .iter()
         .filter(|pair| dead.get(pair).is_some_and(|d| d.attempts == max_attempts))

@@ -50,7 +50,6 @@ pub struct Reception {
 struct Endpoint {
     mode: AtomicU8,
     secret: Mutex<Option<SigningSecret>>,
-    accepted: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -116,7 +115,6 @@ impl Fleet {
                 .map(|_| Endpoint {
                     mode: AtomicU8::new(Mode::Accept as u8),
                     secret: Mutex::new(None),
-                    accepted: AtomicU64::new(0),
                     refused: AtomicU64::new(0),
                 })
                 .collect(),
@@ -166,15 +164,6 @@ impl Fleet {
             .store(mode as u8, Ordering::Relaxed);
     }
 
-    /// How `endpoint` answers.
-    pub fn mode(&self, endpoint: usize) -> Mode {
-        match self.state.endpoints[endpoint].mode.load(Ordering::Relaxed) {
-            0 => Mode::Accept,
-            1 => Mode::Fail,
-            _ => Mode::Hang,
-        }
-    }
-
     /// Requests `endpoint` refused with 503.
     pub fn refused(&self, endpoint: usize) -> u64 {
         self.state.endpoints[endpoint]
@@ -204,14 +193,24 @@ impl Fleet {
         }
     }
 
-    /// The reception of event `seq` at `endpoint`, if it arrived.
-    pub fn reception(&self, seq: u64, endpoint: usize) -> Option<Reception> {
-        self.state
-            .ledger
-            .lock()
-            .ok()?
-            .get(&ledger_key(seq, endpoint))
-            .copied()
+    /// The receptions of `pairs` (event seq, endpoint), in order; `None` where nothing
+    /// arrived. One lock for the whole lookup: the receivers write the same ledger.
+    pub fn receptions(&self, pairs: &[(u64, usize)]) -> Vec<Option<Reception>> {
+        match self.state.ledger.lock() {
+            Ok(ledger) => pairs
+                .iter()
+                .map(|&(seq, endpoint)| ledger.get(&ledger_key(seq, endpoint)).copied())
+                .collect(),
+            Err(_) => vec![None; pairs.len()],
+        }
+    }
+
+    /// How many of `pairs` have not arrived.
+    pub fn missing(&self, pairs: &[(u64, usize)]) -> usize {
+        self.receptions(pairs)
+            .iter()
+            .filter(|r| r.is_none())
+            .count()
     }
 
     /// Calls `visit(seq, endpoint, reception)` for every (event, endpoint) received.
@@ -345,7 +344,6 @@ async fn handle(
                 latency_us: received_us.saturating_sub(occurred_us),
             });
     }
-    slot.accepted.fetch_add(1, Ordering::Relaxed);
     state.accepted.fetch_add(1, Ordering::Relaxed);
     Ok(respond(StatusCode::OK))
 }

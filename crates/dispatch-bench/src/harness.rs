@@ -9,8 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::topics::TopicNames;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use tokio::task::JoinHandle;
 
 use crate::fleet::Fleet;
@@ -184,26 +182,11 @@ impl Harness {
         if keep_topics {
             return;
         }
-        let prefix = self.kafka.topic_prefix.clone();
-        let deleted = async {
-            let admin: AdminClient<DefaultClientContext> = self.kafka.client_config().create()?;
-            let metadata = admin
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(10))?;
-            let topics: Vec<String> = metadata
-                .topics()
-                .iter()
-                .map(|t| t.name().to_owned())
-                .filter(|name| name.starts_with(&prefix))
-                .collect();
-            if !topics.is_empty() {
-                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-                admin.delete_topics(&names, &options).await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
+        let prefix = &self.kafka.topic_prefix;
+        let deleted = match crate::topics::with_prefix(&self.kafka, prefix) {
+            Ok(topics) => crate::topics::delete(&self.kafka, &topics).await,
+            Err(error) => Err(error),
+        };
         if let Err(error) = deleted {
             eprintln!("deleting the topics of {prefix}: {error:#}");
         }

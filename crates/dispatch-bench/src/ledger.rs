@@ -1,17 +1,13 @@
 //! The ledger check that ends every fault scenario: every (event, subscription) the broker
 //! acknowledged either reached its receiver at least once or is in the DLQ; nothing else is
-//! acceptable. Also reads whole topics (the DLQ, `dispatch.invalid`) to their end.
+//! acceptable.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use dispatch_kafka::KafkaConfig;
 use dispatch_proto::dispatch::v1::DeadLetter;
 use dispatch_proto::prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::fleet::Fleet;
@@ -24,82 +20,6 @@ pub struct DeadEntry {
     pub attempts: usize,
 }
 
-/// Reads every record of `topic` from the beginning to the end it had when called, and calls
-/// `visit` with each value. Gives up after `timeout`.
-pub fn read_topic(
-    config: &KafkaConfig,
-    topic: &str,
-    timeout: Duration,
-    mut visit: impl FnMut(&[u8]),
-) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = config
-        .client_config()
-        .set("group.id", format!("{}bench-reader", config.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .context("creating a topic reader")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ends = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &partition in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .with_context(|| format!("watermarks of {topic}/{partition}"))?;
-        if high > low {
-            ends.insert(partition, high);
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(0);
-    }
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + timeout;
-    let mut count = 0;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            anyhow::bail!("{topic}: not read to its end in {timeout:?}");
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                if let Some(value) = message.payload() {
-                    visit(value);
-                    count += 1;
-                }
-                if let Some(&end) = ends.get(&message.partition())
-                    && message.offset() + 1 >= end
-                {
-                    ends.remove(&message.partition());
-                }
-            }
-            Some(Err(error)) => anyhow::bail!("reading {topic}: {error}"),
-            None => {
-                // Transaction markers and compaction leave offsets no message carries: a
-                // partition whose position passed its end is done.
-                let positions = consumer.position()?;
-                for element in positions.elements() {
-                    if let Offset::Offset(position) = element.offset()
-                        && ends
-                            .get(&element.partition())
-                            .is_some_and(|&end| position >= end)
-                    {
-                        ends.remove(&element.partition());
-                    }
-                }
-            }
-        }
-    }
-    Ok(count)
-}
-
 /// The run's dead letters: (event seq, endpoint) → attempts. Records of other runs or
 /// unreadable ones are skipped (they cannot be this run's).
 pub fn dead_letters(
@@ -107,7 +27,7 @@ pub fn dead_letters(
     dlq_topic: &str,
 ) -> anyhow::Result<HashMap<(u64, usize), DeadEntry>> {
     let mut dead = HashMap::new();
-    read_topic(config, dlq_topic, Duration::from_secs(60), |value| {
+    crate::topics::read_topic(config, dlq_topic, Duration::from_secs(60), |value| {
         if let Ok(letter) = DeadLetter::decode(value)
             && let Some(task) = letter.task
             && let (Some(seq), Some(endpoint)) = (
@@ -172,10 +92,7 @@ impl Verdict {
 
 /// Compares what was owed (`acked` events) with what the fleet received and the DLQ holds.
 pub fn check(acked: &[u64], fleet: &Fleet, dead: &HashMap<(u64, usize), DeadEntry>) -> Verdict {
-    let owed: HashSet<(u64, usize)> = acked
-        .iter()
-        .flat_map(|&seq| workload::endpoints_of(seq).map(|e| (seq, e)))
-        .collect();
+    let owed: HashSet<(u64, usize)> = owed_pairs(acked).into_iter().collect();
     let mut verdict = Verdict {
         events: acked.len(),
         expected: owed.len(),
@@ -202,11 +119,15 @@ pub fn check(acked: &[u64], fleet: &Fleet, dead: &HashMap<(u64, usize), DeadEntr
     verdict
 }
 
-/// Owed pairs of `acked` not yet received by the fleet.
-pub fn missing(acked: &[u64], fleet: &Fleet) -> usize {
+/// The (event, endpoint) pairs `acked` events are owed to.
+pub fn owed_pairs(acked: &[u64]) -> Vec<(u64, usize)> {
     acked
         .iter()
         .flat_map(|&seq| workload::endpoints_of(seq).map(move |e| (seq, e)))
-        .filter(|&(seq, endpoint)| fleet.reception(seq, endpoint).is_none())
-        .count()
+        .collect()
+}
+
+/// Owed pairs of `acked` not yet received by the fleet.
+pub fn missing(acked: &[u64], fleet: &Fleet) -> usize {
+    fleet.missing(&owed_pairs(acked))
 }

@@ -12,4 +12,5 @@ pub mod fleet;
 pub mod harness;
 pub mod ledger;
 pub mod system;
+pub mod topics;
 pub mod workload;

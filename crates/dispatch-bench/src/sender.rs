@@ -282,7 +282,7 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
     } else {
         Some(producer_task)
     };
-    let cpu_before = crate::fanout::process_cpu_seconds();
+    let cpu_before = dispatch_bench::system::own_cpu_seconds();
     let started = Instant::now();
     let engine = Engine::build(&config, sender_config, &[], ctx, view)?;
     let running = tokio::spawn(engine.run(stop.clone()));
@@ -297,7 +297,7 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = crate::fanout::process_cpu_seconds() - cpu_before;
+    let cpu = dispatch_bench::system::own_cpu_seconds() - cpu_before;
     if let Some(producer_task) = producer_task {
         producer_task.await.context("producer")?;
     }

@@ -227,14 +227,18 @@ impl Drop for RoleProcess {
     }
 }
 
+/// `getconf CLK_TCK`, asked once per process.
 fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// CPU seconds (utime + stime) and VmHWM of a running process.
@@ -256,6 +260,11 @@ pub fn read_usage(pid: u32) -> Option<ProcessUsage> {
         cpu_seconds: ticks / clock_ticks_per_second(),
         peak_rss_mib: hwm_kib / 1024.0,
     })
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn own_cpu_seconds() -> f64 {
+    read_usage(std::process::id()).map_or(f64::NAN, |usage| usage.cpu_seconds)
 }
 
 /// Usage of the brokers `deploy/kafka/kafka.sh` runs (its pid files under `KAFKA_RUN_DIR`,
@@ -410,11 +419,6 @@ impl System {
         }
         self.processes.push(process);
         Ok(self.processes.len() - 1)
-    }
-
-    /// The process at `index` (as [`System::start`] returned it).
-    pub fn process(&mut self, index: usize) -> &mut RoleProcess {
-        &mut self.processes[index]
     }
 
     /// SIGKILL: the process gets no chance to drain or commit.

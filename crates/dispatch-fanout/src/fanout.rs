@@ -503,12 +503,14 @@ impl Fanout {
         // A queue that stays full means the brokers are not taking records (a leader lost,
         // acks=all waiting for replicas): waiting longer than a request would not help, and
         // an unbounded wait here would never look at the stop flag. Abort and read the batch
-        // again instead.
-        let deadline = Instant::now() + self.request_timeout;
+        // again instead. (The clock is read only once the queue is full: this runs per record.)
+        let mut deadline = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + self.request_timeout);
                     if Instant::now() > deadline {
                         warn!("producer queue full for a whole request timeout");
                         return Err(TransactionFailure::Retry(KafkaError::MessageProduction(
