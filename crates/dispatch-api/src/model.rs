@@ -245,13 +245,16 @@ pub enum Outcome {
     InvalidUrl,
     /// Not attempted: the subscription was deleted or disabled.
     Skipped,
+    /// Not sent: the endpoint's circuit was open when the attempt fell due (recent attempts
+    /// failed). It counts as a failed attempt of the retry schedule.
+    CircuitOpen,
     /// Not recorded.
     Unspecified,
 }
 
 impl Outcome {
     /// Every outcome a filter may name.
-    pub const FILTERABLE: [Outcome; 9] = [
+    pub const FILTERABLE: [Outcome; 10] = [
         Outcome::Success,
         Outcome::HttpStatus,
         Outcome::Timeout,
@@ -261,6 +264,7 @@ impl Outcome {
         Outcome::Gone,
         Outcome::InvalidUrl,
         Outcome::Skipped,
+        Outcome::CircuitOpen,
     ];
 
     /// The outcome's name in the API.
@@ -275,6 +279,7 @@ impl Outcome {
             Outcome::Gone => "gone",
             Outcome::InvalidUrl => "invalid_url",
             Outcome::Skipped => "skipped",
+            Outcome::CircuitOpen => "circuit_open",
             Outcome::Unspecified => "unspecified",
         }
     }
@@ -298,6 +303,7 @@ impl Outcome {
             AttemptOutcome::Gone => Outcome::Gone,
             AttemptOutcome::InvalidUrl => Outcome::InvalidUrl,
             AttemptOutcome::Skipped => Outcome::Skipped,
+            AttemptOutcome::CircuitOpen => Outcome::CircuitOpen,
             AttemptOutcome::Unspecified => Outcome::Unspecified,
         }
     }
@@ -314,6 +320,7 @@ impl Outcome {
             Outcome::Gone => AttemptOutcome::Gone,
             Outcome::InvalidUrl => AttemptOutcome::InvalidUrl,
             Outcome::Skipped => AttemptOutcome::Skipped,
+            Outcome::CircuitOpen => AttemptOutcome::CircuitOpen,
             Outcome::Unspecified => AttemptOutcome::Unspecified,
         }
     }

@@ -15,6 +15,11 @@
 //! - Every other `4xx` and `5xx` is retryable: a `404` or `500` is often a deployment in progress
 //!   on the receiver's side, and webhook platforms retry every non-`2xx` answer.
 //! - Timeouts, connect errors and TLS errors are retryable.
+//! - An attempt not sent because the endpoint's circuit breaker was open when it fell due is a
+//!   retryable failure: it spends its attempt, so the delivery keeps to the retry schedule and
+//!   reaches the DLQ after its last attempt like any other, instead of waiting (unbounded by the
+//!   schedule) for the circuit to close. The breaker protects the endpoint and our permits; the
+//!   schedule is the promise to the customer.
 //! - A blocked address (SSRF guard) or an invalid URL is permanent: retrying cannot succeed until
 //!   someone changes the subscription or the sender's configuration, so the delivery is
 //!   dead-lettered at once and can be replayed from the DLQ after the fix.
@@ -57,6 +62,8 @@ pub enum AttemptResult {
         /// What is wrong with the URL, for humans.
         message: String,
     },
+    /// Nothing was sent: the endpoint's circuit breaker was open when the attempt fell due.
+    CircuitOpen,
 }
 
 /// Why a failed attempt must not be retried, apart from `410 Gone` (which has its own class
@@ -185,6 +192,11 @@ pub fn classify(result: &AttemptResult, now: SystemTime) -> Classified {
                 reason: PermanentReason::InvalidUrl,
             },
             format!("invalid URL: {message}"),
+        ),
+        AttemptResult::CircuitOpen => without_response(
+            AttemptOutcome::CircuitOpen,
+            FailureClass::Retryable { retry_after: None },
+            "not sent: circuit open (recent attempts to this endpoint failed)".to_owned(),
         ),
     }
 }
@@ -395,6 +407,12 @@ mod tests {
                     reason: PermanentReason::InvalidUrl,
                 }),
                 "invalid URL: boom",
+            ),
+            (
+                AttemptResult::CircuitOpen,
+                AttemptOutcome::CircuitOpen,
+                retryable(None),
+                "not sent: circuit open (recent attempts to this endpoint failed)",
             ),
         ];
         for (result, outcome, failure, description) in cases {

@@ -793,6 +793,38 @@ mod tests {
         }
     }
 
+    /// Item 8 of issue 12: attempts that fall due while the circuit is open are classified as
+    /// not sent and spend the schedule like failures, so a dead endpoint's delivery is dead
+    /// after exactly `max_attempts`, never parked waiting for the circuit.
+    #[test]
+    fn circuit_open_attempts_spend_the_schedule_and_end_dead() {
+        use crate::outcome::{AttemptResult, classify};
+        use dispatch_proto::dispatch::v1::AttemptOutcome;
+
+        let schedule = schedule(&[0, 1, 2, 3, 4], 0.0);
+        let not_sent = classify(&AttemptResult::CircuitOpen, t0());
+        assert_eq!(not_sent.outcome, AttemptOutcome::CircuitOpen);
+        assert_eq!(not_sent.status, None);
+        let failure = not_sent.failure.expect("not sent is a failure");
+        assert!(failure.is_retryable());
+        let decisions: Vec<RetryDecision> = (1..=schedule.max_attempts())
+            .map(|attempt| schedule.decide(attempt, &failure, t0(), &mut no_jitter()))
+            .collect();
+        assert_eq!(
+            decisions,
+            vec![
+                RetryDecision::RetryNow { next_attempt: 2 },
+                later_on("1s", 3, secs(1)),
+                later_on("2s", 4, secs(2)),
+                later_on("3s", 5, secs(3)),
+                later_on("4s", 6, secs(4)),
+                RetryDecision::Dead {
+                    reason: DeadReason::AttemptsExhausted { attempts: 6 }
+                },
+            ]
+        );
+    }
+
     #[test]
     fn default_schedule_step_by_step() {
         let schedule = RetrySchedule::default();

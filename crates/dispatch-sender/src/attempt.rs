@@ -214,7 +214,7 @@ pub async fn dead_letter(
 
 /// What happens after one attempt.
 #[derive(Debug, Clone, PartialEq)]
-enum Decision {
+pub(crate) enum Decision {
     Delivered,
     RetryNow {
         next_attempt: u32,
@@ -230,7 +230,7 @@ enum Decision {
     },
 }
 
-fn decide(
+pub(crate) fn decide(
     ctx: &AttemptContext,
     task: &DeliveryTask,
     classified: &Classified,
@@ -269,7 +269,7 @@ fn decide(
     }
 }
 
-fn next_action(decision: &Decision) -> NextAction {
+pub(crate) fn next_action(decision: &Decision) -> NextAction {
     let action = match decision {
         Decision::Delivered => Action::Done(Done {}),
         Decision::RetryNow { next_attempt } => Action::Retry(Retry {
@@ -307,6 +307,7 @@ pub fn outcome_label(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Gone => "gone",
         AttemptOutcome::InvalidUrl => "invalid_url",
         AttemptOutcome::Skipped => "skipped",
+        AttemptOutcome::CircuitOpen => "circuit_open",
         AttemptOutcome::Unspecified => "unspecified",
     }
 }
