@@ -6,6 +6,12 @@
 //! show whether a slow endpoint holds up the others. With `--rate 0` every task is in the topic
 //! before the sender starts, and the figure is how fast it drains them: its ceiling on this
 //! machine (latencies then include the time a task waited in the topic and mean little).
+//!
+//! Tenant fairness (issue 12, item 6): with `--tenants`, the hanging endpoints are account A's
+//! and the others account B's; A's subscriptions ask for `--hanging-max-in-flight` requests
+//! each (the operator's cap by default), far more than the sender's permits. The healthy figure
+//! is then B's throughput with A hanging; `--tenants --hanging-idle` gives A no tasks at all: B
+//! alone. `make bench-fairness` runs both, flat out, and prints the ratio (the goal is ≥ 90 %).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -53,6 +59,15 @@ pub struct SenderArgs {
     /// Fraction of the endpoints that never answer.
     #[arg(long, default_value_t = 0.0)]
     hang_fraction: f64,
+    /// The hanging endpoints are account A's, the others account B's (see the module docs).
+    #[arg(long)]
+    tenants: bool,
+    /// `max_in_flight` of the hanging endpoints' subscriptions (0 = the sender's default).
+    #[arg(long, default_value_t = 64)]
+    hanging_max_in_flight: u32,
+    /// Produce no tasks for the hanging endpoints: the healthy ones alone, for comparison.
+    #[arg(long)]
+    hanging_idle: bool,
     /// HTTP timeout of the sender, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     http_timeout_ms: u64,
@@ -72,6 +87,9 @@ struct SenderResult {
     rate_per_second: u64,
     endpoints: usize,
     hanging_endpoints: usize,
+    tenants: bool,
+    hanging_idle: bool,
+    hanging_max_in_flight: u32,
     healthy_tasks: usize,
     healthy_delivered: usize,
     elapsed_seconds: f64,
@@ -136,6 +154,16 @@ async fn start_receiver(
     Ok(addr)
 }
 
+/// The account of an endpoint: one shared account, or with `tenants` A for the hanging ones
+/// and B for the healthy ones.
+fn account_of(tenants: bool, hangs: bool) -> &'static str {
+    match (tenants, hangs) {
+        (false, _) => "acc_bench",
+        (true, true) => "acc_a",
+        (true, false) => "acc_b",
+    }
+}
+
 fn percentile(sorted: &[u128], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -181,10 +209,16 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         } else {
             format!("/e/{index}")
         };
+        let hangs = index < hanging;
         writer
             .put(&Subscription {
                 id: format!("sub_{index:03}"),
-                account_id: "acc_bench".into(),
+                account_id: account_of(args.tenants, hangs).into(),
+                max_in_flight: if hangs && args.tenants {
+                    args.hanging_max_in_flight
+                } else {
+                    0
+                },
                 url: format!("http://{addr}{path}"),
                 event_types: vec!["**".into()],
                 secrets: vec![SecretRecord {
@@ -231,6 +265,8 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         .set("linger.ms", "1")
         .create()?;
     let healthy_tasks = (0..args.tasks).filter(|i| i % ENDPOINTS >= hanging).count();
+    let tenants = args.tenants;
+    let hanging_idle = args.hanging_idle;
     let topic = names.deliveries();
     let tasks = args.tasks;
     let rate = args.rate;
@@ -240,6 +276,10 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
             let mut next = tokio::time::Instant::now();
             let mut pending = Vec::new();
             for index in 0..tasks {
+                let hangs = index % ENDPOINTS < hanging;
+                if hangs && hanging_idle {
+                    continue;
+                }
                 if let Some(interval) = interval {
                     next += interval;
                     tokio::time::sleep_until(next).await;
@@ -250,7 +290,7 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
                     event_id: format!("evt_{index:07}"),
                     event_type: "webhook.test".into(),
                     subscription_id: subscription_id.clone(),
-                    account_id: "acc_bench".into(),
+                    account_id: account_of(tenants, hangs).into(),
                     attempt: 1,
                     body: format!("{{\"sent_ns\":\"{}\"}}", unix_nanos()).into_bytes(),
                     ..DeliveryTask::default()
@@ -312,6 +352,9 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         rate_per_second: rate,
         endpoints: ENDPOINTS,
         hanging_endpoints: hanging,
+        tenants,
+        hanging_idle,
+        hanging_max_in_flight: args.hanging_max_in_flight,
         healthy_tasks,
         healthy_delivered: latencies.len(),
         elapsed_seconds: elapsed,
@@ -323,7 +366,12 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         process_cpu_seconds: cpu,
     };
     println!(
-        "sender: {} tasks {}, {} of {} endpoints hanging: healthy {}/{} delivered, {:.0} deliveries/s, latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.1} CPU s",
+        "sender{}: {} tasks {}, {} of {} endpoints hanging{}: healthy {}/{} delivered, {:.0} deliveries/s, latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.1} CPU s",
+        if tenants {
+            " (tenants: hanging = account A, healthy = account B)"
+        } else {
+            ""
+        },
         result.tasks,
         if rate == 0 {
             "flat out (backlog produced first)".to_owned()
@@ -332,6 +380,11 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         },
         result.hanging_endpoints,
         result.endpoints,
+        if hanging_idle {
+            " (idle: no tasks)"
+        } else {
+            ""
+        },
         result.healthy_delivered,
         result.healthy_tasks,
         result.healthy_deliveries_per_second,

@@ -8,16 +8,22 @@
 //! coordination (design section 6).
 //!
 //! # How the engine uses a queue
-//! - A delivery arrives: if [`EndpointQueue::is_open`], defer it to the first delay tier (no
-//!   attempt spent); otherwise [`EndpointQueue::push`], and on [`Overflow`] defer the item it
-//!   gives back.
+//! - A delivery falls due: if [`EndpointQueue::is_open`], its attempt is recorded as not sent
+//!   (outcome `CIRCUIT_OPEN`) and spent like a failed one, so the delivery moves along its retry
+//!   schedule (next tier, or the DLQ after the last attempt) — see `crate::not_sent`; otherwise
+//!   [`EndpointQueue::push`], and on [`Overflow`] defer the item it gives back to the first delay
+//!   tier without spending an attempt (with no tier configured, keep it in memory with
+//!   [`EndpointQueue::push_past_backlog`]: the partition's uncommitted window bounds it).
 //! - The scheduler calls [`EndpointQueue::next_ready`] until it returns `None`, starts an attempt
 //!   for each item, and sleeps until the earliest [`EndpointQueue::ready_at`] of its queues or
 //!   the next completion.
 //! - An attempt ends: [`EndpointQueue::complete`] with its verdict (or
 //!   [`EndpointQueue::abandon`] when it never reached a verdict). A returned
 //!   [`CircuitTransition::Opened`] or [`CircuitTransition::Reopened`] is the moment to
-//!   [`EndpointQueue::drain`] the queue into the first delay tier.
+//!   [`EndpointQueue::drain`] the queue: each waiting delivery's attempt is recorded as not sent.
+//! - Idle queues are dropped ([`EndpointQueue::is_evictable`]) so the engine's map holds only
+//!   endpoints with something worth keeping: waiting or in-flight deliveries, an open circuit
+//!   before its cool-down ends, recent failures, a rate limiter still recovering.
 //! - Revoke or shutdown: [`EndpointQueue::drain`]; the offsets of drained items stay unfinished
 //!   unless the engine defers them, so nothing is lost either way.
 //!
@@ -59,7 +65,14 @@ pub struct EndpointConfig {
     /// How long an opened circuit stays open before one probe may go, in milliseconds.
     pub cool_down_ms: u64,
     /// Longest cool-down, in milliseconds: each failed probe doubles the cool-down up to this.
+    /// Also how long an idle endpoint's failure count is remembered before its state is dropped.
     pub max_cool_down_ms: u64,
+    /// Most concurrent requests to one endpoint, whatever its subscription sets through the API
+    /// (`max_in_flight` above it is lowered to this).
+    pub max_in_flight_cap: u32,
+    /// Highest requests per second one endpoint may be allowed, whatever its subscription sets
+    /// through the API (`rate_limit_per_second` above it is lowered to this); 0 = no cap.
+    pub rate_limit_per_second_cap: u32,
 }
 
 impl Default for EndpointConfig {
@@ -71,6 +84,8 @@ impl Default for EndpointConfig {
             failure_threshold: 5,
             cool_down_ms: 30_000,
             max_cool_down_ms: 300_000,
+            max_in_flight_cap: 64,
+            rate_limit_per_second_cap: 0,
         }
     }
 }
@@ -81,6 +96,21 @@ impl EndpointConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.default_max_in_flight == 0 {
             return Err("default_max_in_flight: must be at least 1".to_owned());
+        }
+        if self.max_in_flight_cap < self.default_max_in_flight {
+            return Err(format!(
+                "max_in_flight_cap: must be at least default_max_in_flight ({}), got {}",
+                self.default_max_in_flight, self.max_in_flight_cap
+            ));
+        }
+        if self.rate_limit_per_second_cap != 0
+            && self.default_rate_limit_per_second > self.rate_limit_per_second_cap
+        {
+            return Err(format!(
+                "rate_limit_per_second_cap: must be 0 (no cap) or at least \
+                 default_rate_limit_per_second ({}), got {}",
+                self.default_rate_limit_per_second, self.rate_limit_per_second_cap
+            ));
         }
         if self.max_backlog == 0 {
             return Err("max_backlog: must be at least 1".to_owned());
@@ -119,19 +149,27 @@ impl EndpointConfig {
         )
     }
 
-    /// The in-flight cap of a subscription: its own, or the default for 0.
+    /// The in-flight cap of a subscription: its own, or the default for 0; never above
+    /// [`Self::max_in_flight_cap`] (tenants set it through the API, operators bound it).
     pub fn max_in_flight(&self, limits: EndpointLimits) -> u32 {
-        match limits.max_in_flight {
-            0 => self.default_max_in_flight.max(1),
+        let wanted = match limits.max_in_flight {
+            0 => self.default_max_in_flight,
             own => own,
-        }
+        };
+        wanted.min(self.max_in_flight_cap).max(1)
     }
 
     /// The rate limit of a subscription: its own, or the default for 0; `None` for no limit.
+    /// Never above [`Self::rate_limit_per_second_cap`] when that is set: a subscription
+    /// asking for no limit gets the cap.
     pub fn rate_limit_per_second(&self, limits: EndpointLimits) -> Option<u32> {
-        match limits.rate_limit_per_second {
+        let wanted = match limits.rate_limit_per_second {
             0 => Some(self.default_rate_limit_per_second).filter(|&rate| rate > 0),
             own => Some(own),
+        };
+        match self.rate_limit_per_second_cap {
+            0 => wanted,
+            cap => Some(wanted.map_or(cap, |rate| rate.min(cap))),
         }
     }
 }
@@ -189,6 +227,9 @@ pub struct EndpointQueue<T> {
     max_in_flight: u32,
     rate: Option<RateLimit>,
     circuit: CircuitBreaker,
+    /// When the last attempt completed with a verdict: failures counted by a closed circuit are
+    /// remembered this long after it (see [`Self::is_evictable`]).
+    last_completed: Option<Instant>,
 }
 
 impl<T> EndpointQueue<T> {
@@ -203,6 +244,7 @@ impl<T> EndpointQueue<T> {
                 .rate_limit_per_second(limits)
                 .and_then(RateLimit::per_second),
             circuit: config.circuit_breaker(),
+            last_completed: None,
         }
     }
 
@@ -227,6 +269,14 @@ impl<T> EndpointQueue<T> {
         }
         self.items.push_back(item);
         Ok(())
+    }
+
+    /// Appends a delivery even if the backlog is full. Only for a delivery that has nowhere
+    /// else to go (no delay tier to defer it to): dropping it would lose it and leave its
+    /// offset unfinished for good. What bounds memory then is the partition's uncommitted
+    /// window, which pauses the partition.
+    pub fn push_past_backlog(&mut self, item: T) {
+        self.items.push_back(item);
     }
 
     /// When the head delivery could go: `Some(now)` if now, a later instant if only time stands
@@ -272,6 +322,7 @@ impl<T> EndpointQueue<T> {
         now: Instant,
     ) -> Result<Option<CircuitTransition>, NothingInFlight> {
         self.in_flight = self.in_flight.checked_sub(1).ok_or(NothingInFlight)?;
+        self.last_completed = Some(now);
         Ok(if success {
             self.circuit.on_success()
         } else {
@@ -332,6 +383,28 @@ impl<T> EndpointQueue<T> {
     /// The rate limit in force, requests per second; `None` for no limit.
     pub fn rate_limit_per_second(&self) -> Option<u32> {
         self.rate.as_ref().map(RateLimit::rate)
+    }
+
+    /// Whether the engine may drop this queue at `now` (and build a fresh one when the next
+    /// delivery comes): nothing waiting or in flight, the rate limiter rested, and the circuit
+    /// either [pristine](Self::is_idle) or holding nothing that still matters — an open circuit
+    /// is kept until its cool-down ends, and failures counted by a closed (or cooled-down)
+    /// circuit are kept for `failure_memory` after the last completion, so a slowly failing
+    /// endpoint still trips its breaker. This is what bounds the engine's endpoint map by the
+    /// endpoints active recently rather than every subscription ever seen.
+    pub fn is_evictable(&self, now: Instant, failure_memory: Duration) -> bool {
+        if self.is_idle(now) {
+            return true;
+        }
+        if !self.items.is_empty()
+            || self.in_flight > 0
+            || self.rate.as_ref().is_some_and(|rate| !rate.is_rested(now))
+            || self.circuit.is_open(now)
+        {
+            return false;
+        }
+        self.last_completed
+            .is_none_or(|at| now.saturating_duration_since(at) >= failure_memory)
     }
 
     /// Whether the queue holds nothing worth keeping at `now`: nothing waiting or in flight,
@@ -433,6 +506,15 @@ mod tests {
                 max_cool_down_ms: 1000,
                 ..EndpointConfig::default()
             },
+            EndpointConfig {
+                max_in_flight_cap: 4,
+                ..EndpointConfig::default()
+            },
+            EndpointConfig {
+                default_rate_limit_per_second: 100,
+                rate_limit_per_second_cap: 10,
+                ..EndpointConfig::default()
+            },
         ];
         let keys = [
             "default_max_in_flight:",
@@ -440,11 +522,85 @@ mod tests {
             "failure_threshold:",
             "cool_down_ms:",
             "max_cool_down_ms:",
+            "max_in_flight_cap:",
+            "rate_limit_per_second_cap:",
         ];
         for (config, key) in bad.iter().zip(keys) {
             let error = config.validate().expect_err("invalid");
             assert!(error.starts_with(key), "{error}");
         }
+    }
+
+    #[test]
+    fn limits_set_through_the_api_are_capped_by_the_operator() {
+        let config = EndpointConfig {
+            max_in_flight_cap: 16,
+            rate_limit_per_second_cap: 100,
+            ..EndpointConfig::default()
+        };
+        assert_eq!(config.max_in_flight(limits(1000, 0)), 16);
+        assert_eq!(config.max_in_flight(limits(4, 0)), 4);
+        assert_eq!(config.max_in_flight(limits(0, 0)), 8, "the default");
+        assert_eq!(config.rate_limit_per_second(limits(0, 5000)), Some(100));
+        assert_eq!(config.rate_limit_per_second(limits(0, 20)), Some(20));
+        assert_eq!(
+            config.rate_limit_per_second(limits(0, 0)),
+            Some(100),
+            "no limit asked, the cap applies"
+        );
+        let uncapped = EndpointConfig::default();
+        assert_eq!(uncapped.rate_limit_per_second(limits(0, 0)), None);
+        assert_eq!(uncapped.rate_limit_per_second(limits(0, 5000)), Some(5000));
+        let queue = EndpointQueue::<u32>::new(&config, limits(1000, 5000));
+        assert_eq!(queue.max_in_flight(), 16);
+        assert_eq!(queue.rate_limit_per_second(), Some(100));
+    }
+
+    #[test]
+    fn a_full_backlog_can_still_take_what_has_nowhere_else_to_go() {
+        let config = EndpointConfig {
+            max_backlog: 1,
+            ..EndpointConfig::default()
+        };
+        let mut queue = EndpointQueue::new(&config, limits(1, 0));
+        queue.push(1).expect("room");
+        assert!(queue.push(2).is_err());
+        queue.push_past_backlog(2);
+        assert_eq!(queue.len(), 2);
+    }
+
+    #[test]
+    fn eviction_keeps_open_circuits_and_recent_failures() {
+        let memory = Duration::from_secs(300);
+        let config = EndpointConfig {
+            failure_threshold: 2,
+            ..EndpointConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut queue: EndpointQueue<u32> = EndpointQueue::new(&config, limits(4, 0));
+        assert!(queue.is_evictable(t0, memory), "fresh");
+        queue.push(1).expect("room");
+        assert!(!queue.is_evictable(t0, memory), "waiting");
+        assert_eq!(queue.next_ready(t0), Some(1));
+        assert!(!queue.is_evictable(t0, memory), "in flight");
+        queue.complete(true, t0).expect("in flight");
+        assert!(queue.is_evictable(t0, memory), "delivered, nothing to keep");
+
+        // One failure: remembered for `memory`, then dropped.
+        queue.push(2).expect("room");
+        assert_eq!(queue.next_ready(t0), Some(2));
+        queue.complete(false, t0).expect("in flight");
+        assert!(!queue.is_evictable(t0 + memory / 2, memory));
+        assert!(queue.is_evictable(t0 + memory, memory));
+
+        // Open: kept until the cool-down ends.
+        queue.push(3).expect("room");
+        assert_eq!(queue.next_ready(t0), Some(3));
+        queue.complete(false, t0).expect("in flight");
+        assert!(queue.is_open(t0));
+        let until = queue.circuit().open_until().expect("open");
+        assert!(!queue.is_evictable(until - MS, Duration::ZERO));
+        assert!(queue.is_evictable(until, Duration::ZERO));
     }
 
     #[test]

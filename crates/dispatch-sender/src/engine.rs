@@ -24,7 +24,7 @@
 //! same `not_before`; librdkafka keeps a paused flag across revoke and re-assign in one
 //! consumer, so an assigned partition is resumed explicitly.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +65,11 @@ pub struct SenderConfig {
     pub group_id: String,
     /// Most webhook requests in flight in this process, all endpoints together.
     pub max_concurrent_requests: usize,
+    /// Most of `max_concurrent_requests` one account's requests may hold at once, in percent
+    /// (at least one request). Keeps one tenant's slow or hanging endpoints from taking every
+    /// permit; permits are handed out round-robin between accounts, and within an account
+    /// between its endpoints. 100 = no per-account cap.
+    pub max_account_share_percent: u32,
     /// Most taken-but-unfinished records per partition; at it, the partition is paused until
     /// half of them finished (this bounds memory and what a crash makes the next owner redo).
     pub max_uncommitted_per_partition: usize,
@@ -80,6 +85,7 @@ impl Default for SenderConfig {
         SenderConfig {
             group_id: "dispatch-sender".to_owned(),
             max_concurrent_requests: 512,
+            max_account_share_percent: 50,
             max_uncommitted_per_partition: 10_000,
             drain_timeout_ms: 25_000,
             endpoint: EndpointConfig::default(),
@@ -99,6 +105,12 @@ impl SenderConfig {
                 self.max_concurrent_requests
             ));
         }
+        if !(1..=100).contains(&self.max_account_share_percent) {
+            return Err(format!(
+                "sender.max_account_share_percent: must be between 1 and 100, got {}",
+                self.max_account_share_percent
+            ));
+        }
         if self.max_uncommitted_per_partition == 0 {
             return Err("sender.max_uncommitted_per_partition: must be positive".to_owned());
         }
@@ -108,6 +120,12 @@ impl SenderConfig {
         self.endpoint
             .validate()
             .map_err(|e| format!("sender.endpoint.{e}"))
+    }
+
+    /// Most requests one account may have in flight: its share of the permits, at least one.
+    pub fn max_requests_per_account(&self) -> usize {
+        let share = self.max_concurrent_requests * self.max_account_share_percent as usize / 100;
+        share.max(1)
     }
 }
 
@@ -238,8 +256,19 @@ struct Held {
 #[derive(Debug)]
 struct Completion {
     subscription_id: String,
+    account_id: String,
     end: Option<DeliveryEnd>,
 }
+
+/// One endpoint's queue and the account it belongs to (for the per-account share of permits).
+#[derive(Debug)]
+struct Endpoint {
+    account_id: String,
+    queue: EndpointQueue<Pending>,
+}
+
+/// How often idle endpoint queues are looked for and dropped (and the open-circuits gauge set).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The sender: build it, then [`run`](Self::run) it.
 pub struct Engine {
@@ -250,8 +279,21 @@ pub struct Engine {
     config: SenderConfig,
     tier_topics: BTreeSet<String>,
     first_tier_topic: Option<String>,
-    endpoints: HashMap<String, EndpointQueue<Pending>>,
+    /// Endpoint queues by subscription id: only endpoints with something worth keeping (idle
+    /// ones are dropped by [`Engine::sweep_idle`]), so this is bounded by recent activity, not
+    /// by every subscription ever seen.
+    endpoints: HashMap<String, Endpoint>,
+    /// Endpoints that may be able to start an attempt now.
     dirty: HashSet<String>,
+    /// Endpoints with deliveries waiting in their queue: what the wake-up and rate/circuit
+    /// scans look at instead of every endpoint.
+    waiting: HashSet<String>,
+    /// Requests in flight per account (entries at zero are removed).
+    account_in_flight: HashMap<String, usize>,
+    /// Turns the order accounts are served in, so none is always first.
+    rotation: usize,
+    /// When [`Engine::sweep_idle`] last ran.
+    last_sweep: Instant,
     held: HashMap<(String, i32), Held>,
     /// Partitions paused because their uncommitted window is full.
     window_paused: HashSet<(String, i32)>,
@@ -335,6 +377,10 @@ impl Engine {
             first_tier_topic,
             endpoints: HashMap::new(),
             dirty: HashSet::new(),
+            waiting: HashSet::new(),
+            account_in_flight: HashMap::new(),
+            rotation: 0,
+            last_sweep: Instant::now(),
             held: HashMap::new(),
             window_paused: HashSet::new(),
             completions_tx,
@@ -557,31 +603,53 @@ impl Engine {
             self.pause_for_window(&pending.topic, pending.partition);
         }
         let now = Instant::now();
+        let endpoint = self.endpoint_of(&subscription);
+        if endpoint.queue.is_open(now) {
+            // The schedule is the promise: the attempt is spent, not deferred.
+            self.circuit_open(pending);
+            return;
+        }
+        match endpoint.queue.push(pending) {
+            Ok(()) => {
+                self.waiting.insert(subscription.id.clone());
+                self.dirty.insert(subscription.id.clone());
+            }
+            Err(overflow) => self.defer(overflow.into_inner(), "backlog"),
+        }
+    }
+
+    /// The queue of `subscription`'s endpoint, made if absent, with its current limits.
+    fn endpoint_of(&mut self, subscription: &Subscription) -> &mut Endpoint {
         let config = &self.config.endpoint;
-        let queue = self
+        let limits = EndpointLimits::of(subscription);
+        let endpoint = self
             .endpoints
             .entry(subscription.id.clone())
-            .or_insert_with(|| EndpointQueue::new(config, EndpointLimits::of(&subscription)));
-        queue.set_limits(config, EndpointLimits::of(&subscription));
-        let reason = if queue.is_open(now) {
-            Some("circuit")
-        } else {
-            None
-        };
-        let pending = match reason {
-            Some(reason) => {
-                self.defer(pending, reason);
-                return;
-            }
-            None => match queue.push(pending) {
-                Ok(()) => {
-                    self.dirty.insert(subscription.id.clone());
-                    return;
-                }
-                Err(overflow) => overflow.into_inner(),
-            },
-        };
-        self.defer(pending, "backlog");
+            .or_insert_with(|| Endpoint {
+                account_id: subscription.account_id.clone(),
+                queue: EndpointQueue::new(config, limits),
+            });
+        endpoint.queue.set_limits(config, limits);
+        endpoint
+    }
+
+    /// An attempt fell due while its endpoint's circuit is open: it is recorded as not sent
+    /// (outcome `CIRCUIT_OPEN`) and the delivery moves along its schedule like after a failed
+    /// attempt — next tier, or the DLQ after the last attempt (see [`crate::not_sent`]).
+    fn circuit_open(&mut self, pending: Pending) {
+        let ctx = self.ctx.clone();
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        tokio::spawn(async move {
+            let Pending {
+                topic,
+                partition,
+                offset,
+                task,
+            } = pending;
+            crate::not_sent::record_circuit_open(&ctx, task).await;
+            finish(&shared, &consumer, &topic, partition, offset);
+        });
     }
 
     fn pause_for_window(&mut self, topic: &str, partition: i32) {
@@ -628,15 +696,23 @@ impl Engine {
         }
     }
 
-    /// Parks a task on the first tier without spending an attempt.
+    /// Parks a task whose endpoint's backlog is full on the first tier without spending an
+    /// attempt.
     fn defer(&mut self, pending: Pending, reason: &'static str) {
         let Some(tier_topic) = self.first_tier_topic.clone() else {
-            // No tier to park on: keep it in memory, past the limits.
-            if let Some(queue) = self.endpoints.get_mut(&pending.task.subscription_id) {
-                let id = pending.task.subscription_id.clone();
-                if queue.push(pending).is_ok() {
+            // No tier to park on: keep it in memory past the backlog limit (the partition's
+            // uncommitted window bounds that). Dropping it would lose it and leave its offset
+            // unfinished, so nothing of the partition could be committed past it again.
+            let id = pending.task.subscription_id.clone();
+            match self.endpoints.get_mut(&id) {
+                Some(endpoint) => {
+                    endpoint.queue.push_past_backlog(pending);
+                    self.waiting.insert(id.clone());
                     self.dirty.insert(id);
                 }
+                // Only `accept` defers, right after making the queue: cannot happen, but if it
+                // did, deciding afresh is what keeps the task.
+                None => self.accept(pending),
             }
             return;
         };
@@ -685,23 +761,7 @@ impl Engine {
         let shared = Arc::clone(&self.shared);
         let consumer = Arc::clone(&self.consumer);
         tokio::spawn(async move {
-            let task = &pending.task;
-            let record = AttemptRecord {
-                started_at: Some(timestamp::from_system_time(SystemTime::now())),
-                outcome: AttemptOutcome::Skipped as i32,
-                error: format!("not attempted: the subscription was {reason}"),
-                next_action: Some(NextAction {
-                    action: Some(Action::Done(Done {})),
-                }),
-                ..attempt::record_for(task)
-            };
-            attempt::produce(
-                &ctx,
-                &ctx.names.attempts(),
-                &task.subscription_id,
-                record.encode_to_vec(),
-            )
-            .await;
+            record_skipped(&ctx, &pending.task, reason).await;
             finish(
                 &shared,
                 &consumer,
@@ -732,68 +792,179 @@ impl Engine {
         });
     }
 
-    /// Starts attempts for endpoints that may have work, within the global concurrency limit.
+    /// Starts attempts for endpoints that may have work, within the global concurrency limit
+    /// and each account's share of it.
+    ///
+    /// Fairness: one attempt at a time, round-robin between the accounts with work and, within
+    /// an account, between its endpoints, so that when permits are scarce each account (and
+    /// each endpoint of one) gets its turn; an account at its share
+    /// ([`SenderConfig::max_requests_per_account`]) waits for one of its own requests to
+    /// complete, so one tenant's hanging endpoints cannot hold every permit.
     fn dispatch_ready(&mut self) {
         let now = Instant::now();
-        let dirty: Vec<String> = self.dirty.drain().collect();
-        for subscription_id in dirty {
-            let Some(queue) = self.endpoints.get_mut(&subscription_id) else {
-                continue;
-            };
-            loop {
-                let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() else {
-                    // Out of global capacity: look again when an attempt completes.
-                    self.dirty.insert(subscription_id.clone());
-                    break;
-                };
-                let Some(pending) = queue.next_ready(now) else {
-                    break;
-                };
-                let subscription = self.view.read(|table| table.get(&subscription_id).cloned());
-                let ctx = self.ctx.clone();
-                let shared = Arc::clone(&self.shared);
-                let consumer = Arc::clone(&self.consumer);
-                let completions = self.completions_tx.clone();
-                let key = (pending.topic.clone(), pending.partition);
-                *lock(&self.shared).running.entry(key.clone()).or_default() += 1;
-                let id = subscription_id.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let end = match subscription {
-                        Some(subscription) => {
-                            Some(attempt::deliver(&ctx, pending.task, &subscription).await)
-                        }
-                        None => None,
-                    };
-                    // Store the offset before the attempt stops counting as running: a revoke
-                    // waiting for running attempts then commits it.
-                    finish(
-                        &shared,
-                        &consumer,
-                        &pending.topic,
-                        pending.partition,
-                        pending.offset,
-                    );
-                    {
-                        let mut guard = lock(&shared);
-                        if let Some(running) = guard.running.get_mut(&key) {
-                            *running = running.saturating_sub(1);
-                        }
-                    }
-                    let _ = completions.send(Completion {
-                        subscription_id: id,
-                        end,
-                    });
-                });
+        let mut by_account: BTreeMap<String, VecDeque<String>> = BTreeMap::new();
+        for id in self.dirty.drain() {
+            if let Some(endpoint) = self.endpoints.get(&id) {
+                by_account
+                    .entry(endpoint.account_id.clone())
+                    .or_default()
+                    .push_back(id);
             }
         }
-        let open = self.endpoints.values().filter(|q| q.is_open(now)).count();
+        let mut turns: VecDeque<(String, VecDeque<String>)> = by_account.into_iter().collect();
+        if !turns.is_empty() {
+            let rotate = self.rotation % turns.len();
+            turns.rotate_left(rotate);
+            self.rotation = self.rotation.wrapping_add(1);
+        }
+        let account_cap = self.config.max_requests_per_account();
+        while let Some((account_id, mut ids)) = turns.pop_front() {
+            let Some(id) = ids.pop_front() else {
+                continue;
+            };
+            if self
+                .account_in_flight
+                .get(&account_id)
+                .copied()
+                .unwrap_or(0)
+                >= account_cap
+            {
+                // At its share: looked at again after one of its requests completes.
+                self.dirty.insert(id);
+                self.dirty.extend(ids);
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() else {
+                // Out of global capacity: everyone left looks again when an attempt completes.
+                self.dirty.insert(id);
+                self.dirty.extend(ids);
+                for (_, rest) in turns.drain(..) {
+                    self.dirty.extend(rest);
+                }
+                break;
+            };
+            let Some(endpoint) = self.endpoints.get_mut(&id) else {
+                turns.push_back((account_id, ids));
+                continue;
+            };
+            let Some(pending) = endpoint.queue.next_ready(now) else {
+                // Nothing more may go from this endpoint now (its limits, or empty).
+                if endpoint.queue.is_empty() {
+                    self.waiting.remove(&id);
+                }
+                if !ids.is_empty() {
+                    turns.push_back((account_id, ids));
+                }
+                continue;
+            };
+            if endpoint.queue.is_empty() {
+                self.waiting.remove(&id);
+            }
+            self.start_attempt(permit, &id, &account_id, pending);
+            // This endpoint may have more: to the back of its account's line, and the account
+            // to the back of the accounts' line.
+            ids.push_back(id);
+            turns.push_back((account_id, ids));
+        }
+        self.sweep_idle(now);
+    }
+
+    /// Runs one attempt (or, if the subscription was deleted meanwhile, records it skipped) in
+    /// its own task, holding `permit` and counting against the account's share.
+    fn start_attempt(
+        &mut self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        subscription_id: &str,
+        account_id: &str,
+        pending: Pending,
+    ) {
+        *self
+            .account_in_flight
+            .entry(account_id.to_owned())
+            .or_default() += 1;
+        let subscription = self.view.read(|table| table.get(subscription_id).cloned());
+        let ctx = self.ctx.clone();
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        let completions = self.completions_tx.clone();
+        let key = (pending.topic.clone(), pending.partition);
+        *lock(&self.shared).running.entry(key.clone()).or_default() += 1;
+        let subscription_id = subscription_id.to_owned();
+        let account_id = account_id.to_owned();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let end = match subscription {
+                Some(subscription) => {
+                    Some(attempt::deliver(&ctx, pending.task, &subscription).await)
+                }
+                None => {
+                    // Deleted while it waited in the queue: the history says so.
+                    metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => "deleted")
+                        .increment(1);
+                    record_skipped(&ctx, &pending.task, "deleted").await;
+                    None
+                }
+            };
+            // Store the offset before the attempt stops counting as running: a revoke
+            // waiting for running attempts then commits it.
+            finish(
+                &shared,
+                &consumer,
+                &pending.topic,
+                pending.partition,
+                pending.offset,
+            );
+            {
+                let mut guard = lock(&shared);
+                if let Some(running) = guard.running.get_mut(&key) {
+                    *running = running.saturating_sub(1);
+                }
+            }
+            let _ = completions.send(Completion {
+                subscription_id,
+                account_id,
+                end,
+            });
+        });
+    }
+
+    /// Drops idle endpoint queues (see [`EndpointQueue::is_evictable`]) and sets the
+    /// open-circuits gauge, at most once per [`SWEEP_INTERVAL`]: the one scan over every
+    /// endpoint kept, so the per-turn work does not grow with the endpoints seen.
+    fn sweep_idle(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_sweep) < SWEEP_INTERVAL {
+            return;
+        }
+        self.last_sweep = now;
+        let failure_memory = self.config.endpoint.max_cool_down();
+        let before = self.endpoints.len();
+        self.endpoints
+            .retain(|_, endpoint| !endpoint.queue.is_evictable(now, failure_memory));
+        if self.endpoints.len() < before / 2 {
+            // A burst of endpoints is gone: give the memory back.
+            self.endpoints.shrink_to_fit();
+            self.waiting.shrink_to_fit();
+            self.dirty.shrink_to_fit();
+        }
+        let open = self
+            .endpoints
+            .values()
+            .filter(|endpoint| endpoint.queue.is_open(now))
+            .count();
         metrics::gauge!(names::SENDER_OPEN_CIRCUITS).set(open as f64);
+        metrics::gauge!(names::SENDER_ENDPOINTS_TRACKED).set(self.endpoints.len() as f64);
     }
 
     fn on_completion(&mut self, completion: Completion) {
         let now = Instant::now();
-        if let Some(queue) = self.endpoints.get_mut(&completion.subscription_id) {
+        if let Some(in_flight) = self.account_in_flight.get_mut(&completion.account_id) {
+            *in_flight = in_flight.saturating_sub(1);
+            if *in_flight == 0 {
+                self.account_in_flight.remove(&completion.account_id);
+            }
+        }
+        if let Some(endpoint) = self.endpoints.get_mut(&completion.subscription_id) {
+            let queue = &mut endpoint.queue;
             let result = match completion.end {
                 Some(DeliveryEnd::Delivered) => queue.complete(true, now).map(|_| ()),
                 Some(DeliveryEnd::Failed) => queue.complete(false, now).map(|_| ()),
@@ -803,10 +974,11 @@ impl Engine {
                 debug!(subscription_id = %completion.subscription_id, "completion without an attempt in flight");
             }
             if queue.is_open(now) {
-                // The circuit opened: what waits here is deferred rather than held in memory.
+                // The circuit opened: what waits here falls due now, with the circuit open.
                 let waiting: Vec<Pending> = queue.drain().collect();
+                self.waiting.remove(&completion.subscription_id);
                 for pending in waiting {
-                    self.defer(pending, "circuit");
+                    self.circuit_open(pending);
                 }
             }
             self.dirty.insert(completion.subscription_id);
@@ -815,11 +987,7 @@ impl Engine {
 
     /// Endpoints with waiting items whose limits may have lifted (rate limit, circuit).
     fn mark_waiting_endpoints(&mut self) {
-        for (id, queue) in &self.endpoints {
-            if !queue.is_empty() {
-                self.dirty.insert(id.clone());
-            }
-        }
+        self.dirty.extend(self.waiting.iter().cloned());
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -831,13 +999,25 @@ impl Engine {
             .map(|held| now + held.due.duration_since(system_now).unwrap_or_default());
         // Out of global capacity, an endpoint's ready time would wake the loop for nothing (a
         // busy spin while every permit hangs on slow endpoints): a completion wakes it instead.
+        // The same holds for an account at its share.
         let capacity_left = self.semaphore.available_permits() > 0;
+        let account_cap = self.config.max_requests_per_account();
         let endpoints = self
-            .endpoints
-            .values()
-            .filter(|q| capacity_left && !q.is_empty())
-            .filter_map(|q| q.ready_at(now));
-        held.chain(endpoints).min()
+            .waiting
+            .iter()
+            .filter(|_| capacity_left)
+            .filter_map(|id| self.endpoints.get(id))
+            .filter(|endpoint| {
+                self.account_in_flight
+                    .get(&endpoint.account_id)
+                    .copied()
+                    .unwrap_or(0)
+                    < account_cap
+            })
+            .filter_map(|endpoint| endpoint.queue.ready_at(now));
+        // The idle sweep needs a turn now and then even when nothing else happens.
+        let sweep = (!self.endpoints.is_empty()).then_some(self.last_sweep + SWEEP_INTERVAL);
+        held.chain(endpoints).chain(sweep).min()
     }
 
     /// Drops queued and held records of partitions revoked meanwhile: their next owner reads
@@ -857,16 +1037,23 @@ impl Engine {
         self.held.retain(|key, _| !revoked.contains(key));
         // Our pauses of revoked partitions end with them (an assigned partition is resumed).
         self.window_paused.retain(|key| !revoked.contains(key));
-        for queue in self.endpoints.values_mut() {
+        for id in self.waiting.iter() {
+            let Some(endpoint) = self.endpoints.get_mut(id) else {
+                continue;
+            };
+            let queue = &mut endpoint.queue;
             let kept: Vec<Pending> = queue
                 .drain()
                 .filter(|p| !revoked.contains(&(p.topic.clone(), p.partition)))
                 .collect();
             for pending in kept {
-                // Fits: it was in the queue a moment ago.
-                let _ = queue.push(pending);
+                // It was in the queue a moment ago (possibly past the backlog, see `defer`).
+                queue.push_past_backlog(pending);
             }
         }
+        let endpoints = &self.endpoints;
+        self.waiting
+            .retain(|id| endpoints.get(id).is_some_and(|e| !e.queue.is_empty()));
     }
 
     /// Shutdown: stop taking records, wait for running attempts until the deadline, commit.
@@ -896,6 +1083,27 @@ impl Engine {
             Err(error) => warn!(%error, "final commit task failed"),
         }
     }
+}
+
+/// Writes the attempt record of a task not attempted because its subscription was `reason`
+/// (deleted, …): outcome `SKIPPED`, next action done, so its history ends visibly.
+async fn record_skipped(ctx: &AttemptContext, task: &DeliveryTask, reason: &str) {
+    let record = AttemptRecord {
+        started_at: Some(timestamp::from_system_time(SystemTime::now())),
+        outcome: AttemptOutcome::Skipped as i32,
+        error: format!("not attempted: the subscription was {reason}"),
+        next_action: Some(NextAction {
+            action: Some(Action::Done(Done {})),
+        }),
+        ..attempt::record_for(task)
+    };
+    attempt::produce(
+        ctx,
+        &ctx.names.attempts(),
+        &task.subscription_id,
+        record.encode_to_vec(),
+    )
+    .await;
 }
 
 async fn sleep_until(wake: Option<Instant>) {

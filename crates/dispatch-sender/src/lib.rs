@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`engine`]: the consumer loop, per-endpoint scheduling, holds on retry tiers, revoke/drain.
 //! - [`attempt`]: one delivery's attempts and the records they lead to.
+//! - [`not_sent`]: attempts that fall due while the endpoint's circuit is open, recorded as not
+//!   sent and spent like failures so the retry schedule holds.
 //! - [`offsets`]: per-partition tracking of taken and finished offsets; what may be committed.
 //! - [`endpoint`]: per-subscription queue, in-flight limit, rate limit and circuit breaker.
 //! - [`circuit`]: the per-endpoint circuit breaker (closed, open for a cool-down, one probe).
@@ -16,6 +18,7 @@ pub mod attempt;
 pub mod circuit;
 pub mod endpoint;
 pub mod engine;
+pub mod not_sent;
 pub mod offsets;
 pub mod rate;
 

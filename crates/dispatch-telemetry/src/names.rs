@@ -47,10 +47,12 @@ pub const SENDER_IN_FLIGHT_REQUESTS: &str = "dispatch_sender_in_flight_requests"
 pub const SENDER_RETRIES_TOTAL: &str = "dispatch_sender_retries_total";
 /// Counter: deliveries sent to the dead-letter queue.
 pub const SENDER_DEAD_LETTERED_TOTAL: &str = "dispatch_sender_dead_lettered_total";
-/// Counter, label `reason`: deliveries parked on the first tier without spending an attempt (backlog full, circuit open, window full).
+/// Counter, label `reason`: deliveries parked on the first tier without spending an attempt (the endpoint's backlog was full; an open circuit spends attempts instead).
 pub const SENDER_DEFERRED_TOTAL: &str = "dispatch_sender_deferred_total";
 /// Gauge: endpoints whose circuit is open in this process.
 pub const SENDER_OPEN_CIRCUITS: &str = "dispatch_sender_open_circuits";
+/// Gauge: endpoint queues this process keeps (idle ones are dropped), set once a second.
+pub const SENDER_ENDPOINTS_TRACKED: &str = "dispatch_sender_endpoints_tracked";
 /// Counter, label `reason`: delivery records quarantined to dispatch.invalid (undecodable).
 pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_total";
 /// Counter, label `reason`: deliveries not attempted because the subscription was deleted or disabled.
@@ -237,7 +239,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: MetricKind::Counter,
         unit: "deliveries",
         labels: &["reason"],
-        help: "Deliveries parked on the first tier without spending an attempt (backlog full, circuit open, window full).",
+        help: "Deliveries parked on the first tier without spending an attempt (the endpoint's backlog was full). An open circuit spends attempts instead (outcome `circuit_open`).",
     },
     MetricSpec {
         name: SENDER_OPEN_CIRCUITS,
@@ -245,6 +247,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "circuits",
         labels: &[],
         help: "Endpoints whose circuit is open in this process.",
+    },
+    MetricSpec {
+        name: SENDER_ENDPOINTS_TRACKED,
+        kind: MetricKind::Gauge,
+        unit: "endpoints",
+        labels: &[],
+        help: "Endpoint queues this process keeps (idle ones are dropped), set once a second.",
     },
     MetricSpec {
         name: SENDER_RECORDS_INVALID_TOTAL,
