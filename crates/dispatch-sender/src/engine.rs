@@ -290,6 +290,9 @@ pub struct Engine {
     waiting: HashSet<String>,
     /// Requests in flight per account (entries at zero are removed).
     account_in_flight: HashMap<String, usize>,
+    /// Endpoints with work whose account is at its share, by account: released into `dirty`
+    /// when one of the account's requests completes, not rescanned on every turn.
+    capped: HashMap<String, HashSet<String>>,
     /// Turns the order accounts are served in, so none is always first.
     rotation: usize,
     /// When [`Engine::sweep_idle`] last ran.
@@ -379,6 +382,7 @@ impl Engine {
             dirty: HashSet::new(),
             waiting: HashSet::new(),
             account_in_flight: HashMap::new(),
+            capped: HashMap::new(),
             rotation: 0,
             last_sweep: Instant::now(),
             held: HashMap::new(),
@@ -830,8 +834,9 @@ impl Engine {
                 >= account_cap
             {
                 // At its share: looked at again after one of its requests completes.
-                self.dirty.insert(id);
-                self.dirty.extend(ids);
+                let capped = self.capped.entry(account_id).or_default();
+                capped.insert(id);
+                capped.extend(ids);
                 continue;
             }
             let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() else {
@@ -962,6 +967,10 @@ impl Engine {
             if *in_flight == 0 {
                 self.account_in_flight.remove(&completion.account_id);
             }
+        }
+        // Below its share again: its waiting endpoints get their turn.
+        if let Some(ids) = self.capped.remove(&completion.account_id) {
+            self.dirty.extend(ids);
         }
         if let Some(endpoint) = self.endpoints.get_mut(&completion.subscription_id) {
             let queue = &mut endpoint.queue;
