@@ -957,7 +957,7 @@ impl Engine {
             .filter(|endpoint| endpoint.queue.is_open(now))
             .count();
         metrics::gauge!(names::SENDER_OPEN_CIRCUITS).set(open as f64);
-        metrics::gauge!(names::SENDER_ENDPOINTS_TRACKED).set(self.endpoints.len() as f64);
+        metrics::gauge!(names::SENDER_TRACKED_ENDPOINTS).set(self.endpoints.len() as f64);
     }
 
     fn on_completion(&mut self, completion: Completion) {

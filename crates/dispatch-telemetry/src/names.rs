@@ -52,7 +52,7 @@ pub const SENDER_DEFERRED_TOTAL: &str = "dispatch_sender_deferred_total";
 /// Gauge: endpoints whose circuit is open in this process.
 pub const SENDER_OPEN_CIRCUITS: &str = "dispatch_sender_open_circuits";
 /// Gauge: endpoint queues this process keeps (idle ones are dropped), set once a second.
-pub const SENDER_ENDPOINTS_TRACKED: &str = "dispatch_sender_endpoints_tracked";
+pub const SENDER_TRACKED_ENDPOINTS: &str = "dispatch_sender_tracked_endpoints";
 /// Counter, label `reason`: delivery records quarantined to dispatch.invalid (undecodable).
 pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_total";
 /// Counter, label `reason`: deliveries not attempted because the subscription was deleted or disabled.
@@ -239,7 +239,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: MetricKind::Counter,
         unit: "deliveries",
         labels: &["reason"],
-        help: "Deliveries parked on the first tier without spending an attempt (the endpoint's backlog was full). An open circuit spends attempts instead (outcome `circuit_open`).",
+        help: "Deliveries parked on the first tier without spending an attempt because the endpoint's backlog was full (an open circuit spends attempts instead, outcome `circuit_open`).",
     },
     MetricSpec {
         name: SENDER_OPEN_CIRCUITS,
@@ -249,7 +249,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         help: "Endpoints whose circuit is open in this process.",
     },
     MetricSpec {
-        name: SENDER_ENDPOINTS_TRACKED,
+        name: SENDER_TRACKED_ENDPOINTS,
         kind: MetricKind::Gauge,
         unit: "endpoints",
         labels: &[],
