@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use dispatch_kafka::KafkaConfig;
-use dispatch_kafka::topics::TopicNames;
+use dispatch_kafka::topics::{SAFE_MIN_INSYNC_REPLICAS, SAFE_REPLICATION_FACTOR, TopicNames};
 use serde::Serialize;
 
 /// How a run's `dispatchd` processes are configured.
@@ -98,6 +98,7 @@ attempts_partitions = 6
 dlq_partitions = 3
 invalid_partitions = 1
 replication_factor = {rf}
+allow_unsafe_durability = {unsafe_durability}
 {min_isr}[retry]
 jitter = 0.0
 [fanout]
@@ -127,6 +128,11 @@ token = "{token}"
             domain = self.domain_partitions,
             delivery = self.delivery_partitions,
             rf = self.replication_factor,
+            // The single local broker; the fault suite's three-broker runs are safe anyway.
+            unsafe_durability = self.replication_factor < SAFE_REPLICATION_FACTOR
+                || self
+                    .min_insync_replicas
+                    .is_none_or(|n| n < SAFE_MIN_INSYNC_REPLICAS),
             batch_records = self.fanout_batch_max_records,
             batch_ms = self.fanout_batch_max_ms,
             drain = self.drain_timeout_ms,
