@@ -552,6 +552,9 @@ async fn broker_pause(
         tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["pause", "1"]))?;
         tokio::time::sleep(BROKER_PAUSE).await;
         tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["resume", "1"]))?;
+        // The resumed node re-elects its partitions' leaders: the ledger's own reads do not
+        // retry NOT_LEADER, so wait until every topic of the run has a leader again.
+        wait_for_leaders(&harness).await?;
         let verdict = finish_load(&harness, publishing).await?;
         checks.push(format!(
             "broker paused (SIGSTOP) for {} s mid-load, then resumed",
@@ -566,6 +569,28 @@ async fn broker_pause(
         eprintln!("stopping the broker-pause broker: {error:#}");
     }
     outcome
+}
+
+/// Waits (up to 120 s) until every topic of the run lists a leader for each partition.
+async fn wait_for_leaders(harness: &Harness) -> anyhow::Result<()> {
+    let admin = dispatch_kafka::admin::TopicAdmin::new(&harness.kafka)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = match admin.topic_shapes().await {
+            Ok(shapes) => shapes
+                .iter()
+                .filter(|(name, _)| name.starts_with(&harness.kafka.topic_prefix))
+                .all(|(_, shape)| shape.ready),
+            Err(_) => false,
+        };
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("the resumed broker did not lead every partition within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn poison_event(
