@@ -7,6 +7,11 @@
 //! - `broker-restart`: the single broker restarted mid-load (`kafka.sh restart 1`).
 //! - `broker-loss`: a three-broker cluster of its own (replication 3, `min.insync.replicas=2`),
 //!   one broker killed mid-load and left down.
+//! - `broker-pause`: a single broker of its own paused (SIGSTOP) mid-load for longer than the
+//!   request timeout, then resumed; the fan-out must go on by itself.
+//! - `poison-event`: mid-load, one event whose webhook body renders to ~1.2 MB (over the
+//!   deliveries topic's `max.message.bytes`) → in `dispatch.invalid`, every other event
+//!   delivered.
 //! - `endpoint-down`: eight endpoints answer 503 for their whole (short) schedule → each of
 //!   their deliveries in the DLQ after exactly `max_attempts` attempts → the endpoints come
 //!   back → bulk replay through the admin API → all delivered, DLQ empty of them.
@@ -41,6 +46,10 @@ pub enum Fault {
     BrokerRestart,
     /// One of three brokers lost mid-load.
     BrokerLoss,
+    /// A broker of its own paused longer than the request timeout mid-load, then resumed.
+    BrokerPause,
+    /// One event too large to fan out among the load.
+    PoisonEvent,
     /// Endpoints down for their whole schedule, DLQ, bulk replay.
     EndpointDown,
     /// A second sender joins, then the first leaves.
@@ -51,7 +60,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every scenario, in the order `make faults` runs them.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 9] = [
         Fault::KillSender,
         Fault::KillFanout,
         Fault::ScaleOutIn,
@@ -59,6 +68,8 @@ impl Fault {
         Fault::EndpointDown,
         Fault::BrokerRestart,
         Fault::BrokerLoss,
+        Fault::BrokerPause,
+        Fault::PoisonEvent,
     ];
 
     /// The scenario's name.
@@ -68,6 +79,8 @@ impl Fault {
             Fault::KillFanout => "kill-fanout",
             Fault::BrokerRestart => "broker-restart",
             Fault::BrokerLoss => "broker-loss",
+            Fault::BrokerPause => "broker-pause",
+            Fault::PoisonEvent => "poison-event",
             Fault::EndpointDown => "endpoint-down",
             Fault::ScaleOutIn => "scale-out-in",
             Fault::Garbage => "garbage",
@@ -102,7 +115,8 @@ pub struct FaultArgs {
     /// `kafka.sh`, which restarts the broker and runs the three-broker cluster.
     #[arg(long, default_value = "deploy/kafka/kafka.sh")]
     kafka_sh: PathBuf,
-    /// Base port of the three-broker cluster of `broker-loss`.
+    /// Base port of the three-broker cluster of `broker-loss` (and of the single broker of
+    /// `broker-pause`).
     #[arg(long, default_value_t = 29092)]
     cluster_port: u16,
     /// Where the JSON results go.
@@ -304,6 +318,15 @@ async fn run_scenario(
             };
             broker_loss(env, load, args, &mut checks, &mut failures, &mut logs).await?
         }
+        Fault::BrokerPause => {
+            let Some(args) = args else {
+                bail!("broker-pause needs kafka.sh (run it through `dispatch-bench faults`)");
+            };
+            broker_pause(env, load, args, &mut checks, &mut failures, &mut logs).await?
+        }
+        Fault::PoisonEvent => {
+            poison_event(env, load, &mut checks, &mut failures, &mut logs).await?
+        }
     };
     Ok(FaultResult {
         scenario: fault,
@@ -493,6 +516,145 @@ async fn broker_loss(
         eprintln!("stopping the three-broker cluster: {error:#}");
     }
     outcome
+}
+
+/// Longer than the request timeout of every client of the run (`kafka.request_timeout_ms`,
+/// 30 s by default), so that calls in flight at the pause time out while it lasts.
+const BROKER_PAUSE: Duration = Duration::from_secs(35);
+
+async fn broker_pause(
+    env: &Environment,
+    load: Load,
+    args: &FaultArgs,
+    checks: &mut Vec<String>,
+    failures: &mut Vec<String>,
+    logs: &mut String,
+) -> anyhow::Result<Verdict> {
+    // A broker of its own: pausing the shared one would stall everyone else's tests.
+    let broker_env = [
+        ("KAFKA_PORT", args.cluster_port.to_string()),
+        (
+            "KAFKA_RUN_DIR",
+            std::env::temp_dir()
+                .join("dispatch-bench-kafka-pause")
+                .display()
+                .to_string(),
+        ),
+    ];
+    kafka_sh(args, &broker_env, &["start"])?;
+    let own = Environment {
+        bootstrap: format!("127.0.0.1:{}", args.cluster_port),
+        ..env.clone()
+    };
+    let outcome = async {
+        let (harness, _, _) = pipeline(&own, "broker-pause", |_| {}).await?;
+        let publishing = begin_load(&harness, load, 0).await;
+        tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["pause", "1"]))?;
+        tokio::time::sleep(BROKER_PAUSE).await;
+        tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["resume", "1"]))?;
+        // The resumed node re-elects its partitions' leaders: the ledger's own reads do not
+        // retry NOT_LEADER, so wait until every topic of the run has a leader again.
+        wait_for_leaders(&harness).await?;
+        let verdict = finish_load(&harness, publishing).await?;
+        checks.push(format!(
+            "broker paused (SIGSTOP) for {} s mid-load, then resumed",
+            BROKER_PAUSE.as_secs()
+        ));
+        close(harness, &verdict, failures, logs).await;
+        anyhow::Ok(verdict)
+    }
+    .await;
+    // Stopped even when the scenario failed (kafka.sh stop resumes a paused broker first).
+    if let Err(error) = kafka_sh(args, &broker_env, &["stop"]) {
+        eprintln!("stopping the broker-pause broker: {error:#}");
+    }
+    outcome
+}
+
+/// Waits (up to 120 s) until every topic of the run lists a leader for each partition.
+async fn wait_for_leaders(harness: &Harness) -> anyhow::Result<()> {
+    let admin = dispatch_kafka::admin::TopicAdmin::new(&harness.kafka)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = match admin.topic_shapes().await {
+            Ok(shapes) => shapes
+                .iter()
+                .filter(|(name, _)| name.starts_with(&harness.kafka.topic_prefix))
+                .all(|(_, shape)| shape.ready),
+            Err(_) => false,
+        };
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("the resumed broker did not lead every partition within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn poison_event(
+    env: &Environment,
+    load: Load,
+    checks: &mut Vec<String>,
+    failures: &mut Vec<String>,
+    logs: &mut String,
+) -> anyhow::Result<Verdict> {
+    use dispatch_proto::prost::Message as _;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let (harness, _, _) = pipeline(env, "poison-event", |_| {}).await?;
+    let publishing = begin_load(&harness, load, 0).await;
+    // An event owed to three subscriptions like the others, whose prompt of 600,000 newlines
+    // renders to ~1.2 MB of JSON (each newline escaped to two bytes): over the deliveries
+    // topic's max.message.bytes. Its own run name keeps it out of the ledger.
+    let seq = 1_000_000_000;
+    let poison = workload::event("poison", seq, &"\n".repeat(600_000));
+    let poison_id = poison.id.clone();
+    let producer: FutureProducer = harness
+        .kafka
+        .client_config()
+        .set("message.max.bytes", "2000000")
+        .create()
+        .context("poison producer")?;
+    let topic = harness
+        .names
+        .domain(dispatch_core::catalog::Family::Image)
+        .context("image topic")?;
+    let value = poison.encode_to_vec();
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&topic)
+                .key(&poison.account_id)
+                .payload(&value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("producing the poison event: {error}"))?;
+    let verdict = finish_load(&harness, publishing).await?;
+    let mut quarantined = 0;
+    let mut poison_quarantined = 0;
+    crate::topics::read_topic(
+        &harness.kafka,
+        &harness.names.invalid(),
+        Duration::from_secs(30),
+        |bytes| {
+            quarantined += 1;
+            if dispatch_proto::events::v1::Event::decode(bytes).is_ok_and(|e| e.id == poison_id) {
+                poison_quarantined += 1;
+            }
+        },
+    )?;
+    let line = format!(
+        "one ~1.2 MB event published mid-load; in dispatch.invalid: {poison_quarantined} of it, {quarantined} in all"
+    );
+    if poison_quarantined == 1 && quarantined == 1 {
+        checks.push(line);
+    } else {
+        failures.push(line);
+    }
+    close(harness, &verdict, failures, logs).await;
+    Ok(verdict)
 }
 
 /// Runs the chosen scenarios, prints a verdict line each, writes the report; fails when any

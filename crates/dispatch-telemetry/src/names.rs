@@ -32,6 +32,11 @@ pub const FANOUT_TRANSACTIONS_TOTAL: &str = "dispatch_fanout_transactions_total"
 pub const FANOUT_BATCH_RECORDS: &str = "dispatch_fanout_batch_records";
 /// Histogram: seconds from `send_offsets_to_transaction` to a finished `commit_transaction`.
 pub const FANOUT_COMMIT_DURATION_SECONDS: &str = "dispatch_fanout_commit_duration_seconds";
+/// Counter, label `call` (`begin` | `produce` | `send_offsets` | `commit` | `abort`):
+/// transactional calls made again after an error librdkafka calls retriable.
+pub const FANOUT_TRANSACTION_RETRIES_TOTAL: &str = "dispatch_fanout_transaction_retries_total";
+/// Counter: consumers recreated because a rewind after an abort failed.
+pub const FANOUT_CONSUMER_RECREATED_TOTAL: &str = "dispatch_fanout_consumer_recreated_total";
 
 // --- sender -------------------------------------------------------------------------------------
 
@@ -189,6 +194,20 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "seconds",
         labels: &[],
         help: "Seconds from sending offsets to the transaction to a finished commit.",
+    },
+    MetricSpec {
+        name: FANOUT_TRANSACTION_RETRIES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "calls",
+        labels: &["call"],
+        help: "Fan-out transactional calls made again after a retriable error.",
+    },
+    MetricSpec {
+        name: FANOUT_CONSUMER_RECREATED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "consumers",
+        labels: &[],
+        help: "Fan-out consumers recreated because a rewind after an abort failed.",
     },
     MetricSpec {
         name: SENDER_ATTEMPTS_TOTAL,
