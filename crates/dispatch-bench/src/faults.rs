@@ -677,6 +677,15 @@ async fn broker_freeze(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Printed at once: the figure must survive a failure of the ledger check below (the
+        // first run of this scenario lost it to a metadata error right after the thaw).
+        println!(
+            "broker-freeze: first subscription write after the thaw: {}",
+            written_after.map_or_else(
+                || format!("none within 300 s (last: {last})"),
+                |after| format!("{:.1} s", after.as_secs_f64())
+            )
+        );
         let verdict = finish_load(&harness, publishing).await?;
         match written_after {
             Some(after) if after <= RECOVERY_TARGET => checks.push(format!(
