@@ -44,6 +44,9 @@ pub struct SystemSettings {
     pub drain_timeout_ms: u64,
     /// The admin API's operator token (the API role serves only this one).
     pub api_token: String,
+    /// Static group membership: each process gets `kafka.instance_id` `bench-<instance>`, the
+    /// same again when it is restarted (off: dynamic membership, as before it existed).
+    pub static_membership: bool,
 }
 
 impl SystemSettings {
@@ -64,6 +67,7 @@ impl SystemSettings {
             fanout_batch_max_ms: 20,
             drain_timeout_ms: 3_000,
             api_token: "bench-operator-token".to_owned(),
+            static_membership: true,
         }
     }
 
@@ -389,6 +393,11 @@ impl System {
             )
             .stdout(Stdio::null())
             .stderr(log_file);
+        if self.settings.static_membership {
+            // Distinct per instance (two senders on this one machine must not fence each
+            // other), the same for a restarted instance.
+            command.env("DISPATCH_KAFKA__INSTANCE_ID", format!("bench-{instance}"));
+        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.dispatchd.display()))?;

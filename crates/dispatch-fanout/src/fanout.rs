@@ -1120,8 +1120,8 @@ fn subscribe(
     subscription: &[String],
 ) -> Result<BaseConsumer<FanoutContext>> {
     let consumer: BaseConsumer<FanoutContext> = kafka
-        .client_config()
-        .set("group.id", &config.group_id)
+        // Static membership and the session timeout: see KafkaConfig::instance_id.
+        .group_member_config(&config.group_id, "fanout")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

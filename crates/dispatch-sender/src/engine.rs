@@ -50,7 +50,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::attempt::{self, AttemptContext, DeliveryEnd};
 use crate::endpoint::{EndpointConfig, EndpointLimits, EndpointQueue};
@@ -280,8 +280,8 @@ impl Engine {
     ) -> Result<Self> {
         let shared = Arc::new(Mutex::new(SharedOffsets::default()));
         let consumer: StreamConsumer<SenderContext> = kafka
-            .client_config()
-            .set("group.id", &config.group_id)
+            // Static membership and the session timeout: see KafkaConfig::instance_id.
+            .group_member_config(&config.group_id, "sender")
             // Offsets are stored by us when a record is finished and committed by librdkafka
             // periodically, plus synchronously on revoke and shutdown.
             .set("enable.auto.commit", "true")
@@ -359,6 +359,13 @@ impl Engine {
                         if let Some((pending, tier_record)) = pending {
                             self.on_record(pending, tier_record);
                         }
+                    }
+                    // A fatal consumer error (e.g. fenced: another process joined with this
+                    // one's kafka.instance_id) leaves a consumer that never fetches again:
+                    // exit, so the supervisor restarts or the operator fixes the identity.
+                    Err(error) if dispatch_kafka::client::is_fatal(&error) => {
+                        error!(%error, "fatal consumer error; exiting");
+                        return Err(Error::Kafka(error));
                     }
                     Err(error) => warn!(%error, "consumer error"),
                 },

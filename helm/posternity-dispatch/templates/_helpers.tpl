@@ -284,6 +284,13 @@ into one DISPATCH_KAFKA__LIBRDKAFKA inline table; the helper variables must not 
 DISPATCH_, which dispatchd would read as configuration keys), then extraEnv.
 */}}
 {{- define "posternity-dispatch.commonEnv" -}}
+# Static group membership (kafka.instance_id): the pod name is unique and survives a container
+# restart, so a crashed process gets its partitions back at once instead of after the session
+# timeout.
+- name: DISPATCH_KAFKA__INSTANCE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- range $i, $secret := .Values.kafkaSecrets }}
 - name: KAFKA_SECRET_{{ $i }}
   valueFrom:
