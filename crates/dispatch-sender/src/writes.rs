@@ -396,7 +396,7 @@ impl KafkaWrites {
     /// refuses it as too large. Never gives up: the caller's source offset stays unfinished
     /// until this returns.
     pub async fn write_record<R: Cappable>(&self, topic: &str, key: &str, record: R) {
-        self.write(topic, Some(key.as_bytes()), None, |budget| {
+        self.write(topic, Some(key.as_bytes()), None, true, |budget| {
             let mut capped = record.clone();
             let cut_fields = capped.cap_to(budget);
             (capped.encode_to_vec(), cut_fields)
@@ -406,7 +406,9 @@ impl KafkaWrites {
 
     /// Produces bytes that cannot be capped (already encoded) until Kafka acknowledges them.
     pub async fn write_bytes(&self, topic: &str, key: &str, value: Vec<u8>) {
-        self.write(topic, Some(key.as_bytes()), None, |_| {
+        // Nothing to cap: a too-large refusal is retried like any other failure (and must not
+        // shrink the budget other writes to the topic are capped to).
+        self.write(topic, Some(key.as_bytes()), None, false, |_| {
             (value.clone(), Vec::new())
         })
         .await;
@@ -421,7 +423,7 @@ impl KafkaWrites {
         value: Option<&[u8]>,
         headers: OwnedHeaders,
     ) {
-        self.write(topic, key, Some(headers), |budget| {
+        self.write(topic, key, Some(headers), true, |budget| {
             let mut bytes = value.map(<[u8]>::to_vec).unwrap_or_default();
             let cut_fields = cap_bytes(&mut bytes, budget);
             (bytes, cut_fields)
@@ -430,12 +432,13 @@ impl KafkaWrites {
     }
 
     /// The produce loop behind every write. `encode` gives the value for a budget and the
-    /// fields it cut to get there.
+    /// fields it cut to get there; `cappable` says whether a smaller budget can help at all.
     async fn write(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
+        cappable: bool,
         mut encode: impl FnMut(usize) -> (Vec<u8>, Vec<&'static str>),
     ) {
         let label = self.label(topic);
@@ -476,14 +479,14 @@ impl KafkaWrites {
             )
             .increment(1);
             match failure.class {
-                ProduceErrorClass::TooLarge => {
+                ProduceErrorClass::TooLarge if cappable => {
                     if let Some(smaller) = self.shrink_budget(topic, value.len(), budget).await {
                         warn!(%error, topic, bytes = value.len(), budget = smaller, "record too large for its topic; capping it");
                         budget = smaller;
                         continue;
                     }
                 }
-                ProduceErrorClass::Rejected if budget > MIN_VALUE_BUDGET_BYTES => {
+                ProduceErrorClass::Rejected if cappable && budget > MIN_VALUE_BUDGET_BYTES => {
                     warn!(%error, topic, "record refused by the broker; capping it to the minimum");
                     budget = MIN_VALUE_BUDGET_BYTES;
                     continue;
@@ -517,7 +520,9 @@ impl KafkaWrites {
     }
 
     /// A smaller budget for `topic` after `failed_len` bytes were refused as too large, learned
-    /// from the topic's `max.message.bytes` when the broker tells it, and remembered.
+    /// from the topic's `max.message.bytes` when the broker tells it. Only a budget from the
+    /// topic's limit is remembered for later writes: a halved one is about this record (one
+    /// whose body alone is over the limit must not shrink every later record's budget).
     async fn shrink_budget(&self, topic: &str, failed_len: usize, budget: usize) -> Option<usize> {
         let limit = match &self.inner.admin {
             Some(admin) => match admin.topic_configs(topic).await {
@@ -534,7 +539,9 @@ impl KafkaWrites {
             None => None,
         };
         let next = next_budget(limit, failed_len, budget)?;
-        lock(&self.inner.budgets).insert(topic.to_owned(), next);
+        if limit.is_some_and(|limit| limit.saturating_sub(RECORD_OVERHEAD_BYTES) == next) {
+            lock(&self.inner.budgets).insert(topic.to_owned(), next);
+        }
         Some(next)
     }
 
