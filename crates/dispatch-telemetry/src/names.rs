@@ -60,6 +60,8 @@ pub const SENDER_OPEN_CIRCUITS: &str = "dispatch_sender_open_circuits";
 pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_total";
 /// Counter, label `reason`: deliveries not attempted because the subscription was deleted or disabled.
 pub const SENDER_SKIPPED_TOTAL: &str = "dispatch_sender_skipped_total";
+/// Counter, labels `topic`, `reason` (topic without prefix): failed produces of the sender's records (attempts, retry tiers, DLQ, quarantine, subscription disable); each is retried, none dropped.
+pub const SENDER_PRODUCE_FAILURES_TOTAL: &str = "dispatch_sender_produce_failures_total";
 
 // --- topic folds (the admin API's delivery history and dead letters) ------------------------------
 
@@ -278,6 +280,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "deliveries",
         labels: &["reason"],
         help: "Deliveries not attempted because the subscription was deleted or disabled.",
+    },
+    MetricSpec {
+        name: SENDER_PRODUCE_FAILURES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "records",
+        labels: &["topic", "reason"],
+        help: "Failed produces of the sender's records (attempts, retry tiers, DLQ, quarantine, subscription disable); each is retried, none dropped.",
     },
     MetricSpec {
         name: FOLD_RECORDS_INVALID_TOTAL,
