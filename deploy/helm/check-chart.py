@@ -46,6 +46,8 @@ REFUSED = [
      ["sender.terminationGracePeriodSeconds=25"], "sender.terminationGracePeriodSeconds"),
     ("fan-out grace below the transaction timeout",
      ["fanout.terminationGracePeriodSeconds=30"], "fanout.terminationGracePeriodSeconds"),
+    ("API grace not beyond the request timeout",
+     ["api.terminationGracePeriodSeconds=30"], "api.terminationGracePeriodSeconds"),
     ("one transactional id for every fan-out pod",
      ["config.fanout.transactional_id=shared"], "config.fanout.transactional_id"),
     ("sender scaled to zero by KEDA",
@@ -318,7 +320,7 @@ def check_rendering(check, docs, dispatchd, wanted):
             check.expect(ids[0] and f"{name}-0" in ids[0] and ids[0] != ids[1],
                          f"fanout: transactional ids {ids} are not per pod")
         if role == "api":
-            check.expect(grace_ms > config["api"]["write_timeout_ms"], "api: grace not beyond write_timeout_ms")
+            check.expect(grace_ms > config["api"]["request_timeout_ms"], "api: grace not beyond request_timeout_ms")
             api_port = listen_port(config["api"]["listen"])
             check.expect(port_of(container, "http") == api_port, f"api: containerPort http is not {api_port}")
             check_tokens(check, by_kind, spec, container, config["api"]["tokens_file"])

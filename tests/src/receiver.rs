@@ -32,6 +32,13 @@ pub enum Script {
     },
     /// Never answer (the client's timeout ends it).
     Hang,
+    /// Answer `status` at once with this body (a response excerpt of a known size).
+    Body {
+        /// HTTP status.
+        status: u16,
+        /// The response body.
+        body: String,
+    },
 }
 
 impl Script {
@@ -258,6 +265,10 @@ async fn handle(
                 .body(Full::new(Bytes::from_static(b"ok")))
                 .unwrap_or_else(|_| unreachable_response())
         }
+        Script::Body { status, body } => Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| unreachable_response()),
     };
     if let Some(active) = lock(&state).active.get_mut(&path) {
         *active = active.saturating_sub(1);

@@ -1,13 +1,18 @@
 //! The fan-out against the real broker: matching by type pattern, attribute filter and account;
 //! disabled and deleted subscriptions get nothing; a subscription created after the view caught
-//! up starts receiving; bad input is quarantined with its reason and nothing stalls.
+//! up starts receiving; bad input is quarantined with its reason and nothing stalls; an event
+//! whose task is too large for its topic is quarantined as `too_large` and the partition flows
+//! on; a rewind that fails after an aborted transaction never lets a commit step over records.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{catalog, ids, render};
-use dispatch_e2e::{kafka_config, payload, read_expecting, read_topic, unique_prefix};
+use dispatch_e2e::{
+    group_committed_total, kafka_config, payload, read_expecting, read_topic, unique_prefix,
+};
+use dispatch_fanout::fanout::InjectedFaults;
 use dispatch_fanout::{Fanout, FanoutConfig};
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
@@ -103,19 +108,31 @@ struct RunningFanout {
 
 impl RunningFanout {
     async fn start(config: &KafkaConfig, view: Arc<SubscriptionView>) -> Self {
+        Self::start_with(config, view, 1000, Arc::default()).await
+    }
+
+    /// A fan-out committing at most `batch_max_records` per transaction, meeting `faults`.
+    async fn start_with(
+        config: &KafkaConfig,
+        view: Arc<SubscriptionView>,
+        batch_max_records: usize,
+        faults: Arc<InjectedFaults>,
+    ) -> Self {
         let kafka = config.clone();
         let fanout_config = FanoutConfig {
             group_id: format!("{}fanout", config.topic_prefix),
             transactional_id: Some(format!("{}fanout-1", config.topic_prefix)),
             batch_max_ms: 20,
+            batch_max_records,
             ..FanoutConfig::default()
         };
-        let fanout = tokio::task::spawn_blocking(move || {
+        let mut fanout = tokio::task::spawn_blocking(move || {
             Fanout::build(&kafka, fanout_config, Vec::<String>::new(), view)
         })
         .await
         .expect("build thread")
         .expect("fan-out builds");
+        fanout.inject_faults(faults);
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(dispatch_fanout::run(fanout, async {
             let _ = stopped.await;
@@ -389,6 +406,213 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() {
             "original bytes kept"
         );
         assert_eq!(record.key(), Some(&b"acc_1"[..]), "original key kept");
+    }
+    fanout.stop().await;
+}
+
+/// The header `name` of a record, as text.
+fn header(record: &rdkafka::message::OwnedMessage, name: &str) -> String {
+    record
+        .headers()
+        .and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .unwrap_or_else(|| panic!("header {name} missing"))
+}
+
+/// The user-visible failure of issue 12: one event whose webhook body renders to ~1.2 MB (a
+/// 600,000-newline string field, each newline escaped to 2 bytes in JSON) made the fan-out abort
+/// and re-read its batch forever, and none of the 200 events after it was fanned out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_to_fan_out_is_quarantined_and_the_partition_flows_on() {
+    const BEFORE: usize = 20;
+    const AFTER: usize = 200;
+    let prefix = unique_prefix("fanout-poison");
+    let config = kafka_config(&prefix);
+    create_topics(&config).await;
+    let names = TopicNames::new(&prefix);
+    SubscriptionWriter::new(&config)
+        .expect("writer")
+        .put(&subscription("sub_all", "acc_1", &["**"], &[]))
+        .await
+        .expect("subscription");
+    let view = Arc::new(SubscriptionView::start(&config).expect("view"));
+    view.wait_caught_up(WAIT).await.expect("view catches up");
+    let fanout = RunningFanout::start(&config, Arc::clone(&view)).await;
+
+    let event_type = "image.generation.completed";
+    let kind = catalog::lookup(event_type).expect("known type");
+    let mut poison = event("evt_poison", event_type, "acc_1", "cli_acme");
+    poison.payload = Some(
+        kind.payload
+            .payload_from_json(serde_json::json!({
+                "generation_id": "gen_1",
+                "project_id": "prj_1",
+                "model": "\n".repeat(600_000),
+                "images": [],
+                "duration_ms": "1"
+            }))
+            .expect("payload"),
+    );
+    let body = render::render(&poison).expect("the poison event is valid");
+    assert!(body.len() > 1_200_000, "renders to {} bytes", body.len());
+
+    let producer: FutureProducer = config
+        .client_config()
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer");
+    let topic = names.domain(catalog::Family::Image).expect("image topic");
+    let normal = |index: usize| event(&format!("evt_{index:03}"), event_type, "acc_1", "cli_acme");
+    // One key: one partition, in this order.
+    for index in 0..BEFORE {
+        produce_raw(
+            &producer,
+            &topic,
+            "acc_1",
+            Some(&normal(index).encode_to_vec()),
+        )
+        .await;
+    }
+    let poison_bytes = poison.encode_to_vec();
+    let (poison_partition, poison_offset) =
+        produce_raw(&producer, &topic, "acc_1", Some(&poison_bytes)).await;
+    for index in BEFORE..BEFORE + AFTER {
+        produce_raw(
+            &producer,
+            &topic,
+            "acc_1",
+            Some(&normal(index).encode_to_vec()),
+        )
+        .await;
+    }
+
+    let by_event = tasks_by_event(&config, BEFORE + AFTER, Duration::from_secs(60));
+    assert!(!by_event.contains_key("evt_poison"));
+    assert_eq!(
+        by_event.len(),
+        BEFORE + AFTER,
+        "every normal event, before and after the poison one, is fanned out"
+    );
+    assert!(
+        by_event.values().all(|tasks| tasks.len() == 1),
+        "exactly once"
+    );
+
+    let invalid = read_expecting(
+        &config,
+        &names.invalid(),
+        1,
+        Duration::from_secs(20),
+        Duration::from_secs(2),
+    );
+    assert_eq!(invalid.len(), 1, "the poison event, nothing else");
+    let record = &invalid[0];
+    assert_eq!(header(record, "dispatch-error-reason"), "too_large");
+    let error = header(record, "dispatch-error");
+    assert!(
+        error.contains("bytes") && error.contains("max.message.bytes"),
+        "names the size and the limit: {error}"
+    );
+    assert_eq!(header(record, "dispatch-source-topic"), topic);
+    assert_eq!(
+        header(record, "dispatch-source-partition"),
+        poison_partition.to_string()
+    );
+    assert_eq!(
+        header(record, "dispatch-source-offset"),
+        poison_offset.to_string()
+    );
+    assert_eq!(
+        record.payload(),
+        Some(&poison_bytes[..]),
+        "the original event, whole (it fits the invalid topic)"
+    );
+    fanout.stop().await;
+}
+
+/// Forced through the test seam: a transaction aborts, then the rewind's seek fails. Consuming
+/// on from the consumer's position would let the next commit step over the aborted batch's
+/// records; they must all still be fanned out, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rewind_never_lets_a_commit_step_over_the_aborted_records() {
+    const EVENTS: usize = 40;
+    let prefix = unique_prefix("fanout-seek");
+    let config = kafka_config(&prefix);
+    create_topics(&config).await;
+    let names = TopicNames::new(&prefix);
+    SubscriptionWriter::new(&config)
+        .expect("writer")
+        .put(&subscription("sub_all", "acc_1", &["**"], &[]))
+        .await
+        .expect("subscription");
+    let view = Arc::new(SubscriptionView::start(&config).expect("view"));
+    view.wait_caught_up(WAIT).await.expect("view catches up");
+
+    // The events wait in one partition before the fan-out starts: its first transaction holds
+    // the first 10, and more follow it in the partition.
+    let producer: FutureProducer = config.client_config().create().expect("producer");
+    let topic = names.domain(catalog::Family::Studio).expect("studio topic");
+    for index in 0..EVENTS {
+        let event = event(
+            &format!("evt_{index:03}"),
+            "studio.batch.progress",
+            "acc_1",
+            "cli_acme",
+        );
+        produce_raw(&producer, &topic, "acc_1", Some(&event.encode_to_vec())).await;
+    }
+
+    let faults = Arc::new(InjectedFaults::default());
+    faults
+        .aborted_transactions
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    faults
+        .failed_seeks
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let fanout =
+        RunningFanout::start_with(&config, Arc::clone(&view), 10, Arc::clone(&faults)).await;
+
+    let by_event = tasks_by_event(&config, EVENTS, Duration::from_secs(60));
+    assert_eq!(
+        faults
+            .aborted_transactions
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the seam aborted a transaction"
+    );
+    assert!(
+        faults
+            .failed_seeks
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 1_000,
+        "the seam failed the rewind"
+    );
+    let missing: Vec<String> = (0..EVENTS)
+        .map(|index| format!("evt_{index:03}"))
+        .filter(|id| !by_event.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "committed past records that were never fanned out: {missing:?}"
+    );
+    assert!(
+        by_event.values().all(|tasks| tasks.len() == 1),
+        "exactly once"
+    );
+    assert_eq!(by_event.len(), EVENTS);
+    let group = format!("{prefix}fanout");
+    let deadline = std::time::Instant::now() + WAIT;
+    while group_committed_total(&config, &group, &topic) < EVENTS as i64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     fanout.stop().await;
 }

@@ -2,9 +2,13 @@
 //! delivery and its attempt record; the whole retry schedule (in seconds) ending in the DLQ;
 //! 410 Gone disabling the subscription; no head-of-line blocking on a shared partition; HTTPS
 //! with a private CA, trusted only when configured; a held retry-tier record surviving a
-//! second sender joining and leaving the group.
+//! second sender joining and leaving the group; attempt records capped to fit a small topic;
+//! a write to a missing topic retried, counted and shown in readiness until the topic exists; a
+//! failed seek after a hold never letting the commit pass the records it dropped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use dispatch_core::retry::{HumanDuration, RetryConfig, RetrySchedule};
@@ -12,13 +16,15 @@ use dispatch_core::signing::{self, ReceivedHeaders, SigningSecret};
 use dispatch_core::{catalog, ids, render, timestamp};
 use dispatch_e2e::receiver::{Receiver, Script};
 use dispatch_e2e::tls::TestPki;
-use dispatch_e2e::{kafka_config, payload, read_expecting, unique_prefix};
+use dispatch_e2e::{
+    group_committed_total, kafka_config, payload, read_expecting, read_topic, unique_prefix,
+};
 use dispatch_http::{HttpConfig, WebhookClient};
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
-use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
+use dispatch_kafka::topics::{TopicNames, TopicSettings, TopicSpec, topic_specs};
 use dispatch_proto::dispatch::v1::next_action::Action;
 use dispatch_proto::dispatch::v1::{
     AttemptOutcome, AttemptRecord, DeadLetter, DeliveryTask, SigningSecret as SecretRecord,
@@ -28,7 +34,11 @@ use dispatch_proto::events::v1::Event;
 use dispatch_proto::prost::Message as _;
 use dispatch_proto::wkt::Timestamp;
 use dispatch_sender::attempt::AttemptContext;
-use dispatch_sender::engine::{Engine, SenderConfig};
+use dispatch_sender::engine::{Engine, InjectedFaults, SenderConfig};
+use dispatch_sender::writes::{self, HEADER_TRUNCATED, KafkaWrites, TRUNCATION_MARK};
+use dispatch_telemetry::{Health, PrometheusHandle};
+use rdkafka::Message as _;
+use rdkafka::message::Headers as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +58,10 @@ struct Harness {
     /// The sender configuration of every engine the harness starts (its group id is set).
     sender: SenderConfig,
     group_id: String,
+    /// Readiness of the senders started (their `sender_writes` components).
+    health: Health,
+    /// The first sender's test seam: seeks and pauses of a hold still to fail.
+    faults: Arc<InjectedFaults>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<dispatch_sender::Result<()>>>,
 }
@@ -70,7 +84,7 @@ impl Harness {
         delays_secs: &[u64],
         tweak: impl FnOnce(&mut HttpConfig),
     ) -> Self {
-        Self::start_configured(name, delays_secs, tweak, |_| {}).await
+        Self::start_full(name, delays_secs, tweak, |_| {}, |_| {}).await
     }
 
     /// As [`Self::start_with_http`], with the sender's configuration adjusted by
@@ -80,6 +94,29 @@ impl Harness {
         delays_secs: &[u64],
         tweak: impl FnOnce(&mut HttpConfig),
         tweak_sender: impl FnOnce(&mut SenderConfig),
+    ) -> Self {
+        Self::start_full(name, delays_secs, tweak, tweak_sender, |_| {}).await
+    }
+
+    /// As [`Self::start_with_http`], with the topic specs adjusted by `tweak_topics` before they
+    /// are created (a small `max.message.bytes`, a topic left out).
+    async fn start_with_topics(
+        name: &str,
+        delays_secs: &[u64],
+        tweak: impl FnOnce(&mut HttpConfig),
+        tweak_topics: impl FnOnce(&mut Vec<TopicSpec>),
+    ) -> Self {
+        Self::start_full(name, delays_secs, tweak, |_| {}, tweak_topics).await
+    }
+
+    /// The harness with the HTTP client, the sender's configuration and the topic specs each
+    /// adjusted before start.
+    async fn start_full(
+        name: &str,
+        delays_secs: &[u64],
+        tweak: impl FnOnce(&mut HttpConfig),
+        tweak_sender: impl FnOnce(&mut SenderConfig),
+        tweak_topics: impl FnOnce(&mut Vec<TopicSpec>),
     ) -> Self {
         let prefix = unique_prefix(name);
         let config = kafka_config(&prefix);
@@ -106,9 +143,11 @@ impl Harness {
             invalid_partitions: 1,
             ..TopicSettings::default()
         };
+        let mut specs = topic_specs(&names, &settings, &tiers);
+        tweak_topics(&mut specs);
         TopicAdmin::new(&config)
             .expect("admin")
-            .ensure_topics(&topic_specs(&names, &settings, &tiers))
+            .ensure_topics(&specs)
             .await
             .expect("topics");
         let view = Arc::new(SubscriptionView::start(&config).expect("view"));
@@ -139,10 +178,14 @@ impl Harness {
             schedule,
             sender,
             group_id: format!("{prefix}sender"),
+            health: Health::new(),
+            faults: Arc::default(),
             stop: CancellationToken::new(),
             task: None,
         };
-        let (stop, task) = harness.spawn_engine();
+        let engine = harness.build_engine();
+        harness.faults = engine.injected_faults();
+        let (stop, task) = harness.spawn(engine);
         harness.stop = stop;
         harness.task = Some(task);
         harness
@@ -156,10 +199,30 @@ impl Harness {
         CancellationToken,
         tokio::task::JoinHandle<dispatch_sender::Result<()>>,
     ) {
+        self.spawn(self.build_engine())
+    }
+
+    /// Runs `engine` until the returned token is cancelled.
+    fn spawn(
+        &self,
+        engine: Engine,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<dispatch_sender::Result<()>>,
+    ) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(engine.run(stop.clone()));
+        (stop, task)
+    }
+
+    /// A sender engine of the harness's group, its writes reporting to the harness's health.
+    fn build_engine(&self) -> Engine {
+        let writes = KafkaWrites::new(&self.config).expect("producer");
+        writes.report_readiness(self.health.component(writes::READINESS_COMPONENT));
         let ctx = AttemptContext {
             client: WebhookClient::new(&self.http).expect("client"),
             schedule: self.schedule.clone(),
-            producer: self.config.reliable_producer().expect("producer"),
+            writes,
             names: self.names.clone(),
             subscriptions: Arc::new(SubscriptionWriter::new(&self.config).expect("writer")),
         };
@@ -167,17 +230,14 @@ impl Harness {
             group_id: self.group_id.clone(),
             ..self.sender.clone()
         };
-        let engine = Engine::build(
+        Engine::build(
             &self.config,
             sender_config,
             &[],
             ctx,
             Arc::clone(&self.view),
         )
-        .expect("engine");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(engine.run(stop.clone()));
-        (stop, task)
+        .expect("engine")
     }
 
     /// Writes a subscription to `url` with a fresh secret and waits until the view has it.
@@ -250,6 +310,24 @@ impl Harness {
         event_id: &str,
         tweak: impl FnOnce(&mut DeliveryTask),
     ) -> DeliveryTask {
+        let task = Self::task_for(subscription_id, event_id, tweak);
+        let value = task.encode_to_vec();
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(subscription_id).payload(&value),
+                Timeout::After(WAIT),
+            )
+            .await
+            .expect("produce the task");
+        task
+    }
+
+    /// A delivery task of a fresh event for `subscription_id`, adjusted by `tweak`.
+    fn task_for(
+        subscription_id: &str,
+        event_id: &str,
+        tweak: impl FnOnce(&mut DeliveryTask),
+    ) -> DeliveryTask {
         let event = Event {
             id: event_id.to_owned(),
             r#type: "studio.review.requested".into(),
@@ -278,14 +356,6 @@ impl Harness {
         };
         let mut task = task;
         tweak(&mut task);
-        let value = task.encode_to_vec();
-        self.producer
-            .send(
-                FutureRecord::to(topic).key(subscription_id).payload(&value),
-                Timeout::After(WAIT),
-            )
-            .await
-            .expect("produce the task");
         task
     }
 
@@ -888,6 +958,76 @@ async fn a_full_backlog_without_tiers_loses_nothing() {
         |_| {},
         |sender| {
             sender.endpoint.max_backlog = 1;
+
+/// The process's Prometheus recorder (installed once per test binary), to read counters from.
+fn metrics() -> PrometheusHandle {
+    dispatch_telemetry::install_recorder().expect("recorder")
+}
+
+/// The sum of `dispatch_sender_produce_failures_total` for `topic` (without prefix), by reason.
+fn produce_failures(handle: &PrometheusHandle, topic: &str) -> BTreeMap<String, u64> {
+    let topic_label = format!("topic=\"{topic}\"");
+    let mut by_reason = BTreeMap::new();
+    for line in handle.render().lines() {
+        let Some(rest) = line.strip_prefix("dispatch_sender_produce_failures_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.split(',').any(|label| label == topic_label) {
+            continue;
+        }
+        let reason = labels
+            .split(',')
+            .find_map(|label| label.strip_prefix("reason=\""))
+            .map(|reason| reason.trim_end_matches('"').to_owned())
+            .unwrap_or_default();
+        *by_reason.entry(reason).or_default() += value.trim().parse::<u64>().unwrap_or(0);
+    }
+    by_reason
+}
+
+/// Polls `check` every 100 ms until it is true or `timeout` passed; whether it became true.
+async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `len` random letters and digits: an excerpt lz4 cannot shrink under the topic's limit.
+fn incompressible(len: usize) -> String {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_record_over_the_topics_limit_is_capped_and_the_delivery_moves_on() {
+    let handle = metrics();
+    // dispatch.attempts takes at most 2,000 bytes a batch; the endpoint answers every request
+    // with a 3,500-byte body, all of which fits the excerpt (4 KiB by default).
+    let harness = Harness::start_with_topics(
+        "sender-capped",
+        &[0, 1],
+        |_| {},
+        |specs| {
+            let attempts = specs
+                .iter_mut()
+                .find(|spec| spec.name.ends_with("dispatch.attempts"))
+                .expect("attempts topic spec");
+            attempts
+                .configs
+                .insert("max.message.bytes".to_owned(), "2000".to_owned());
         },
     )
     .await;
@@ -1059,6 +1199,286 @@ async fn a_tenant_with_hanging_endpoints_does_not_starve_another() {
     assert!(
         a_hanging <= 20,
         "account A holds at most its share (50 % of 40 permits), held {a_hanging}"
+
+        "/big",
+        Script::Body {
+            status: 200,
+            body: incompressible(3_500),
+        },
+    );
+    harness.subscribe("sub_big", &receiver.url("/big")).await;
+    let before = produce_failures(&handle, "dispatch.attempts");
+    // One after the other, so that only the first meets the limit unprepared.
+    harness.deliver("sub_big", "evt_big_1").await;
+    let first = read_topic(&harness.config, &harness.names.attempts(), 1, WAIT);
+    assert_eq!(
+        first.len(),
+        1,
+        "the first attempt record is written, capped: {:?} {:?}",
+        produce_failures(&handle, "dispatch.attempts"),
+        harness.health.report()
+    );
+    harness.deliver("sub_big", "evt_big_2").await;
+
+    let received = receiver.wait_for("/big", 2, WAIT).await;
+    assert_eq!(received.len(), 2);
+    let records = read_expecting(
+        &harness.config,
+        &harness.names.attempts(),
+        2,
+        WAIT,
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        records.len(),
+        2,
+        "one attempt record per delivery, each written once"
+    );
+    for record in &records {
+        let attempt = AttemptRecord::decode(payload(record)).expect("decodes");
+        assert_eq!(attempt.outcome, AttemptOutcome::Success as i32);
+        assert!(
+            attempt.response_excerpt.len() < 2_000
+                && attempt.response_excerpt.ends_with(TRUNCATION_MARK),
+            "excerpt capped and marked: {} bytes",
+            attempt.response_excerpt.len()
+        );
+        let truncated = record.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == HEADER_TRUNCATED)
+                .and_then(|header| header.value)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        });
+        assert_eq!(truncated.as_deref(), Some("response_excerpt"));
+    }
+    // The first record was refused once and capped; the second was capped before it was sent.
+    let after = produce_failures(&handle, "dispatch.attempts");
+    assert_eq!(
+        after.get("message_too_large").copied().unwrap_or(0)
+            - before.get("message_too_large").copied().unwrap_or(0),
+        1,
+        "one refusal counted: {after:?}"
+    );
+    // The deliveries' offsets are finished: the commit reaches both.
+    let deliveries = harness.names.deliveries();
+    assert!(
+        eventually(WAIT, || {
+            group_committed_total(&harness.config, &harness.group_id, &deliveries) == 2
+        })
+        .await,
+        "both delivery offsets committed"
+    );
+    assert_eq!(
+        receiver
+            .wait_for("/big", 3, Duration::from_secs(2))
+            .await
+            .len(),
+        2,
+        "no delivery was repeated"
+    );
+    assert!(harness.health.is_ready(), "{:?}", harness.health.report());
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_missing_topic_is_retried_counted_and_shown_until_the_topic_exists() {
+    let handle = metrics();
+    // dispatch.attempts is left out: every attempt record fails until it is created.
+    let mut attempts_spec = None;
+    let harness = Harness::start_with_topics(
+        "sender-no-attempts",
+        &[0, 1],
+        |_| {},
+        |specs| {
+            let index = specs
+                .iter()
+                .position(|spec| spec.name.ends_with("dispatch.attempts"))
+                .expect("attempts topic spec");
+            attempts_spec = Some(specs.remove(index));
+        },
+    )
+    .await;
+    let attempts_spec = attempts_spec.expect("removed");
+    let receiver = Receiver::start().await;
+    harness
+        .subscribe("sub_pinned", &receiver.url("/pinned"))
+        .await;
+    let before_reasons = produce_failures(&handle, "dispatch.attempts");
+    let before: u64 = before_reasons.values().sum();
+    harness.deliver("sub_pinned", "evt_pinned").await;
+    assert_eq!(receiver.wait_for("/pinned", 1, WAIT).await.len(), 1);
+
+    // The write keeps failing: counted, and the sender's writes are not ready, naming the topic.
+    let component = writes::READINESS_COMPONENT;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let failures: u64 = produce_failures(&handle, "dispatch.attempts")
+                .values()
+                .sum();
+            let report = harness.health.report();
+            let reason = report.components[component]
+                .reason
+                .clone()
+                .unwrap_or_default();
+            failures > before && !report.ready && reason.contains("dispatch.attempts")
+        })
+        .await,
+        "failures counted and readiness down: {:?} {:?}",
+        produce_failures(&handle, "dispatch.attempts"),
+        harness.health.report()
+    );
+    // Under its own reason (or as a timeout, which is how librdkafka may report it); the
+    // topic label has no prefix, so other tests of this binary count under it too.
+    let missing_topic = |reasons: &BTreeMap<String, u64>| -> u64 {
+        ["unknown_topic", "timed_out"]
+            .iter()
+            .map(|reason| reasons.get(*reason).copied().unwrap_or(0))
+            .sum()
+    };
+    let reasons = produce_failures(&handle, "dispatch.attempts");
+    assert!(
+        missing_topic(&reasons) > missing_topic(&before_reasons),
+        "a missing topic is counted as such: {reasons:?}"
+    );
+    // Nothing is given up meanwhile: the delivery's offset stays unfinished.
+    let deliveries = harness.names.deliveries();
+    assert_eq!(
+        group_committed_total(&harness.config, &harness.group_id, &deliveries),
+        0,
+        "the commit does not pass a delivery whose attempt record is not written"
+    );
+
+    // The operator creates the topic: the record goes in, readiness and the commit follow.
+    TopicAdmin::new(&harness.config)
+        .expect("admin")
+        .ensure_topics(std::slice::from_ref(&attempts_spec))
+        .await
+        .expect("create the attempts topic");
+    assert!(
+        eventually(Duration::from_secs(60), || harness.health.is_ready()).await,
+        "ready again once the write went through: {:?}",
+        harness.health.report()
+    );
+    let attempts: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 1);
+    assert_eq!(attempts.len(), 1, "the attempt record is written once");
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Success as i32);
+    assert!(
+        eventually(WAIT, || {
+            group_committed_total(&harness.config, &harness.group_id, &deliveries) == 1
+        })
+        .await,
+        "the delivery's offset is committed after its record is in"
+    );
+    assert_eq!(
+        receiver.received("/pinned").len(),
+        1,
+        "the webhook was not sent again: only the write was retried"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_seek_after_a_hold_never_lets_the_commit_pass_dropped_records() {
+    // One tier of 20 s. Ten records land on it in one batch, all due 4 s from now: the sender
+    // holds the first. Its pause fails (test seam), so the nine after it are handed over and
+    // dropped, to be read again after the seek that ends the hold — and the first three of
+    // those seeks fail too. (With a working pause librdkafka itself discards what it had
+    // fetched, and the hole does not show.)
+    let harness = Harness::start("sender-seek-fails", &[20], Duration::from_secs(5)).await;
+    harness.faults.pause_failures.store(1, Ordering::SeqCst);
+    harness.faults.seek_failures.store(3, Ordering::SeqCst);
+    let receiver = Receiver::start().await;
+    harness.subscribe("sub_seek", &receiver.url("/seek")).await;
+    let tier = harness.names.retry_tier("20s");
+    let due = SystemTime::now() + Duration::from_secs(4);
+    let tier_task = |n: usize, not_before: SystemTime| {
+        Harness::task_for("sub_seek", &format!("evt_seek_{n}"), |task| {
+            task.attempt = 2;
+            task.not_before = Some(timestamp::from_system_time(not_before));
+        })
+        .encode_to_vec()
+    };
+    // Enqueued together (no await in between), they share one produce batch and one fetch.
+    let values: Vec<Vec<u8>> = (0..10).map(|n| tier_task(n, due)).collect();
+    let sends: Vec<_> = values
+        .iter()
+        .map(|value| {
+            harness
+                .producer
+                .send_result(FutureRecord::to(&tier).key("sub_seek").payload(value))
+                .map_err(|(error, _)| error)
+                .expect("enqueue")
+        })
+        .collect();
+    for send in sends {
+        send.await.expect("delivery report").expect("produced");
+    }
+
+    // Once the held record went out, one more record that is due at once follows the ten.
+    assert_eq!(receiver.wait_for("/seek", 1, WAIT).await.len(), 1);
+    harness
+        .deliver_to(&tier, "sub_seek", "evt_seek_10", |task| {
+            task.attempt = 2;
+            task.not_before = Some(timestamp::from_system_time(SystemTime::now()));
+        })
+        .await;
+
+    // Until every record arrived, the committed offset never passes one that did not.
+    let delivered = |receiver: &Receiver| -> BTreeSet<usize> {
+        receiver
+            .received("/seek")
+            .iter()
+            .filter_map(|request| {
+                request.headers["webhook-id"]
+                    .strip_prefix("evt_seek_")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let arrived = delivered(&receiver);
+        let committed = group_committed_total(&harness.config, &harness.group_id, &tier);
+        let first_missing = (0..=10).find(|n| !arrived.contains(n)).unwrap_or(11);
+        assert!(
+            committed <= first_missing as i64,
+            "committed offset {committed} passes record {first_missing}, not delivered yet (delivered: {arrived:?})"
+        );
+        if first_missing == 11 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records never delivered: delivered only {arrived:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        (
+            harness.faults.pause_failures.load(Ordering::SeqCst),
+            harness.faults.seek_failures.load(Ordering::SeqCst)
+        ),
+        (0, 0),
+        "the injected failures were all met"
+    );
+    assert!(
+        eventually(WAIT, || group_committed_total(
+            &harness.config,
+            &harness.group_id,
+            &tier
+        ) == 11)
+        .await,
+        "everything committed in the end"
+    );
+    assert_eq!(
+        receiver
+            .wait_for("/seek", 12, Duration::from_secs(2))
+            .await
+            .len(),
+        11,
+        "each record delivered once"
     );
     harness.stop().await;
 }

@@ -14,8 +14,9 @@ use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::TokenConfig;
+use crate::config::{RateLimitConfig, TokenConfig};
 use crate::error::ApiError;
+use crate::limits::TokenRates;
 
 /// What a caller may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,9 +81,11 @@ pub enum ListAccount {
     Nothing,
 }
 
-/// The configured tokens, by digest.
+/// The configured tokens, by digest, and each one's request-rate budget.
 pub struct TokenTable {
     entries: Vec<([u8; 32], Scope)>,
+    /// Keyed by position in `entries`: a token's budget is found without keeping the token.
+    rates: TokenRates,
 }
 
 impl std::fmt::Debug for TokenTable {
@@ -98,8 +101,9 @@ fn digest(token: &[u8]) -> [u8; 32] {
 }
 
 impl TokenTable {
-    /// The table of these tokens (already validated: non-empty, unique).
-    pub fn new(tokens: &[TokenConfig]) -> Self {
+    /// The table of these tokens (already validated: non-empty, unique), each with the
+    /// request rate of `rate_limit`.
+    pub fn new(tokens: &[TokenConfig], rate_limit: &RateLimitConfig) -> Self {
         let entries = tokens
             .iter()
             .map(|token| {
@@ -110,11 +114,21 @@ impl TokenTable {
                 (digest(token.token.as_bytes()), scope)
             })
             .collect();
-        Self { entries }
+        Self {
+            entries,
+            rates: TokenRates::new(tokens.len(), rate_limit),
+        }
     }
 
     /// The caller a token stands for, if it is one of ours.
     pub fn authenticate(&self, presented: &str) -> Option<Caller> {
+        let index = self.position(presented)?;
+        let (_, scope) = self.entries.get(index)?;
+        Some(Caller::new(scope.clone()))
+    }
+
+    /// Where a token is in the table, if it is one of ours.
+    fn position(&self, presented: &str) -> Option<usize> {
         let presented = digest(presented.as_bytes());
         let mut found = subtle::Choice::from(0);
         let mut index = 0_u32;
@@ -125,14 +139,14 @@ impl TokenTable {
             found |= matches;
         }
         if bool::from(found) {
-            let (_, scope) = self.entries.get(usize::try_from(index).ok()?)?;
-            Some(Caller::new(scope.clone()))
+            usize::try_from(index).ok()
         } else {
             None
         }
     }
 
-    /// The caller named by an `Authorization: Bearer <token>` header value.
+    /// The caller named by an `Authorization: Bearer <token>` header value, once the token's
+    /// request rate allows one more request (429 `rate_limited` otherwise).
     pub fn authenticate_header(&self, header: Option<&str>) -> Result<Caller, ApiError> {
         let header = header.ok_or_else(|| {
             ApiError::unauthorized("send `Authorization: Bearer <token>` with every request")
@@ -144,8 +158,19 @@ impl TokenTable {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
-        self.authenticate(token)
-            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))
+        let index = self
+            .position(token)
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
+        let (_, scope) = self
+            .entries
+            .get(index)
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
+        let who = match scope {
+            Scope::Operator => "operator",
+            Scope::Account(account_id) => account_id.as_str(),
+        };
+        self.rates.check(index, who)?;
+        Ok(Caller::new(scope.clone()))
     }
 }
 
@@ -173,20 +198,27 @@ mod tests {
     use super::*;
 
     fn table() -> TokenTable {
-        TokenTable::new(&[
-            TokenConfig {
-                token: "acct-a-token".into(),
-                account_id: Some("acc_a".into()),
-            },
-            TokenConfig {
-                token: "acct-b-token".into(),
-                account_id: Some("acc_b".into()),
-            },
-            TokenConfig {
-                token: "ops-token".into(),
-                account_id: None,
-            },
-        ])
+        table_with_rate(&RateLimitConfig::default())
+    }
+
+    fn table_with_rate(rate_limit: &RateLimitConfig) -> TokenTable {
+        TokenTable::new(
+            &[
+                TokenConfig {
+                    token: "acct-a-token".into(),
+                    account_id: Some("acc_a".into()),
+                },
+                TokenConfig {
+                    token: "acct-b-token".into(),
+                    account_id: Some("acc_b".into()),
+                },
+                TokenConfig {
+                    token: "ops-token".into(),
+                    account_id: None,
+                },
+            ],
+            rate_limit,
+        )
     }
 
     #[test]
@@ -223,7 +255,10 @@ mod tests {
         ] {
             assert_eq!(table.authenticate(guess), None, "{guess:?}");
         }
-        assert_eq!(TokenTable::new(&[]).authenticate("anything"), None);
+        assert_eq!(
+            TokenTable::new(&[], &RateLimitConfig::default()).authenticate("anything"),
+            None
+        );
     }
 
     #[test]
@@ -249,6 +284,40 @@ mod tests {
                 "{accepted:?}"
             );
         }
+    }
+
+    #[test]
+    fn each_token_spends_its_own_request_budget() {
+        let table = table_with_rate(&RateLimitConfig {
+            requests_per_second_per_token: 1,
+            burst_requests: 1,
+        });
+        assert!(
+            table
+                .authenticate_header(Some("Bearer acct-a-token"))
+                .is_ok()
+        );
+        let refused = table
+            .authenticate_header(Some("Bearer acct-a-token"))
+            .expect_err("past the budget");
+        assert_eq!(refused.code(), "rate_limited");
+        assert!(
+            !refused.message().contains("acct-a-token"),
+            "never repeat a token: {refused}"
+        );
+        assert!(
+            table
+                .authenticate_header(Some("Bearer acct-b-token"))
+                .is_ok()
+        );
+        // An invalid token is refused as such, not counted against anyone.
+        assert_eq!(
+            table
+                .authenticate_header(Some("Bearer wrong"))
+                .expect_err("invalid")
+                .code(),
+            "unauthorized"
+        );
     }
 
     #[test]

@@ -53,6 +53,65 @@ pub struct ApiConfig {
     /// How many dead letters one `POST /v1/dlq/replay` queues at most; the caller repeats the
     /// request until it answers `count: 0`. Default 1000.
     pub replay_max_batch: usize,
+    /// How long a client has to send a request's headers, in milliseconds, from the moment the
+    /// server starts waiting for them; a client that has not finished by then has its connection
+    /// closed (a slow or stalled client must not hold a connection and its task forever).
+    /// Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// How long one request may take from its headers to its answer, reading the body
+    /// included, in milliseconds; past it the request answers 503 `request_timeout`. Must
+    /// exceed `write_timeout_ms`, so a write that waits for its confirmation answers with the
+    /// more precise `write_not_confirmed` first. Default 30000.
+    pub request_timeout_ms: u64,
+    /// The per-token request rate limit (`[api.rate_limit]`).
+    pub rate_limit: RateLimitConfig,
+    /// The per-account quotas (`[api.quotas]`).
+    pub quotas: QuotaConfig,
+}
+
+/// The `[api.rate_limit]` table: how fast one bearer token may call the API. Each configured
+/// token has its own budget (a generic cell rate: `burst_requests` at once, refilled at
+/// `requests_per_second_per_token`); past it requests answer 429 `rate_limited` with
+/// `Retry-After`. `/healthz`, `/readyz` and `/openapi.json` are not limited.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per second one token may make, sustained. Default 50.
+    pub requests_per_second_per_token: u32,
+    /// Requests one token may make at once before the sustained rate applies. Default 100.
+    pub burst_requests: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second_per_token: 50,
+            burst_requests: 100,
+        }
+    }
+}
+
+/// The `[api.quotas]` table: what one account may have or do, whichever token asks (an
+/// operator acting for the account counts against it too).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// The most subscriptions one account may have (enabled or disabled); a create past it
+    /// answers 403 `quota_exceeded`. Default 1000.
+    pub max_subscriptions_per_account: usize,
+    /// The most test events (`POST /v1/subscriptions/{id}/test`) one account may send per
+    /// minute, all its subscriptions together; past it they answer 429 `quota_exceeded` with
+    /// `Retry-After`. Default 60.
+    pub test_events_per_minute_per_account: u32,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            max_subscriptions_per_account: 1000,
+            test_events_per_minute_per_account: 60,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -70,6 +129,10 @@ impl Default for ApiConfig {
             default_page_size: 50,
             max_page_size: 500,
             replay_max_batch: 1000,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            rate_limit: RateLimitConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -129,6 +192,8 @@ impl ApiConfig {
         }
         let positive = [
             ("api.write_timeout_ms", self.write_timeout_ms),
+            ("api.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("api.request_timeout_ms", self.request_timeout_ms),
             ("api.history_lookback_secs", self.history_lookback_secs),
             (
                 "api.secret_rotation_overlap_secs",
@@ -146,11 +211,40 @@ impl ApiConfig {
             ("api.default_page_size", self.default_page_size),
             ("api.max_page_size", self.max_page_size),
             ("api.replay_max_batch", self.replay_max_batch),
+            (
+                "api.quotas.max_subscriptions_per_account",
+                self.quotas.max_subscriptions_per_account,
+            ),
         ];
         for (key, value) in counts {
             if value == 0 {
                 return Err(format!("{key}: must be positive"));
             }
+        }
+        let rates = [
+            (
+                "api.rate_limit.requests_per_second_per_token",
+                self.rate_limit.requests_per_second_per_token,
+            ),
+            (
+                "api.rate_limit.burst_requests",
+                self.rate_limit.burst_requests,
+            ),
+            (
+                "api.quotas.test_events_per_minute_per_account",
+                self.quotas.test_events_per_minute_per_account,
+            ),
+        ];
+        for (key, value) in rates {
+            if value == 0 {
+                return Err(format!("{key}: must be positive"));
+            }
+        }
+        if self.request_timeout_ms <= self.write_timeout_ms {
+            return Err(format!(
+                "api.request_timeout_ms: is {} but must exceed api.write_timeout_ms ({}): a write waits that long for its confirmation",
+                self.request_timeout_ms, self.write_timeout_ms
+            ));
         }
         if self.default_page_size > self.max_page_size {
             return Err(format!(
@@ -164,6 +258,16 @@ impl ApiConfig {
     /// The write timeout as a duration.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// The header-read timeout as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// The whole-request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// The history's lookback as a duration.
@@ -333,6 +437,50 @@ mod tests {
             ),
             (
                 ApiConfig {
+                    request_timeout_ms: 10_000,
+                    ..with_tokens(vec![token("a", None)])
+                },
+                "api.request_timeout_ms: is 10000 but must exceed api.write_timeout_ms (10000)",
+            ),
+            (
+                ApiConfig {
+                    header_read_timeout_ms: 0,
+                    ..with_tokens(vec![token("a", None)])
+                },
+                "api.header_read_timeout_ms: must be positive",
+            ),
+            (
+                ApiConfig {
+                    rate_limit: RateLimitConfig {
+                        burst_requests: 0,
+                        ..RateLimitConfig::default()
+                    },
+                    ..with_tokens(vec![token("a", None)])
+                },
+                "api.rate_limit.burst_requests: must be positive",
+            ),
+            (
+                ApiConfig {
+                    quotas: QuotaConfig {
+                        max_subscriptions_per_account: 0,
+                        ..QuotaConfig::default()
+                    },
+                    ..with_tokens(vec![token("a", None)])
+                },
+                "api.quotas.max_subscriptions_per_account: must be positive",
+            ),
+            (
+                ApiConfig {
+                    quotas: QuotaConfig {
+                        test_events_per_minute_per_account: 0,
+                        ..QuotaConfig::default()
+                    },
+                    ..with_tokens(vec![token("a", None)])
+                },
+                "api.quotas.test_events_per_minute_per_account: must be positive",
+            ),
+            (
+                ApiConfig {
                     dlq_max_entries: 0,
                     ..with_tokens(vec![token("a", None)])
                 },
@@ -376,6 +524,17 @@ mod tests {
             serde_json::from_str::<ApiConfig>(r#"{"tokens": [{"token": "t", "acount_id": "a"}]}"#)
                 .expect_err("unknown token key");
         assert!(error.to_string().contains("acount_id"), "{error}");
+        let parsed: ApiConfig = serde_json::from_str(
+            r#"{"rate_limit": {"burst_requests": 7}, "quotas": {"max_subscriptions_per_account": 3}}"#,
+        )
+        .expect("nested tables parse");
+        assert_eq!(parsed.rate_limit.burst_requests, 7);
+        assert_eq!(parsed.rate_limit.requests_per_second_per_token, 50);
+        assert_eq!(parsed.quotas.max_subscriptions_per_account, 3);
+        assert_eq!(parsed.quotas.test_events_per_minute_per_account, 60);
+        let error = serde_json::from_str::<ApiConfig>(r#"{"quotas": {"max_subscriptions": 3}}"#)
+            .expect_err("unknown quota key");
+        assert!(error.to_string().contains("max_subscriptions"), "{error}");
     }
 
     #[test]

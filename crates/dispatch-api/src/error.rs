@@ -6,6 +6,8 @@
 //!   refuses, an unknown event type, a reserved header name, an unknown lane, a bad query
 //!   parameter or `If-Match` header), or the body is not JSON at all. `field` names the value.
 //! - 401: no bearer token, or one that is not configured.
+//! - 403 `quota_exceeded`: the account is at a quota (`api.quotas.max_subscriptions_per_account`);
+//!   the message names the quota, its limit and its configuration key.
 //! - 404: no such resource — or one that belongs to another account: the answer must not tell
 //!   an account which ids exist elsewhere.
 //! - 409: the resource changed under the request (`If-Match` names an older version, another
@@ -14,10 +16,14 @@
 //! - 415: a body that is not declared `application/json`.
 //! - 422: JSON of the wrong shape (a missing or unknown field, a wrong type): the distinction
 //!   axum's own `Json` extractor makes, kept so clients can tell "not JSON" from "not this JSON".
+//! - 429 with `Retry-After`: `rate_limited` (the token's request rate,
+//!   `api.rate_limit.*`) or `quota_exceeded` (the account's test events per minute,
+//!   `api.quotas.test_events_per_minute_per_account`).
 //! - 500: a failure of ours (Kafka refused a write, …). The body says only that; the cause is
 //!   logged once, when the response is built.
 //! - 503: starting (a read model has not caught up yet), or a write this process could not see
-//!   applied in time; `Retry-After` says when to ask again.
+//!   applied in time; `Retry-After` says when to ask again. Also `request_timeout`: the request
+//!   took longer than `api.request_timeout_ms` (a write may or may not have taken effect).
 //!
 //! Codes are stable, lowercase, `snake_case` words that clients may match on; messages are
 //! sentences for people and may change.
@@ -126,6 +132,22 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 403: the caller may not do this now, e.g. a quota is reached.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many_requests(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        error.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
     /// 413.
     pub fn body_too_large(limit_bytes: usize) -> Self {
         Self::new(
@@ -196,6 +218,11 @@ impl ApiError {
     /// The field at fault, if any.
     pub fn field(&self) -> Option<&str> {
         self.field.as_deref()
+    }
+
+    /// The `Retry-After` the response carries, in seconds, if any.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
     }
 
     /// The message sent to the client.

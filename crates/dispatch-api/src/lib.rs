@@ -10,11 +10,13 @@
 //! delivery engine.
 //!
 //! # Layout
-//! - [`config`]: [`ApiConfig`], the `[api]` table: listener, tokens, bounds and timeouts.
+//! - [`config`]: [`ApiConfig`], the `[api]` table: listener, tokens, bounds, timeouts, the
+//!   request rate per token and the quotas per account.
 //! - [`server`]: [`Api`] — `build` (tokens, writers, read models), `router`, `run`.
 //! - `routes`: every route, registered with axum and the OpenAPI document in one step
 //!   ([`openapi`] is that document).
 //! - `auth`: bearer tokens, compared in constant time; a caller's account scope.
+//! - `limits`: the per-token request rate and the per-account quotas.
 //! - [`error`]: [`ApiError`], the one error of every handler, and its JSON body.
 //! - `extract`: JSON bodies, query parameters and `If-Match`, each failure a clear 4xx.
 //! - `validate`: the rules for subscription values (URL and SSRF, event types, headers, …).
@@ -28,6 +30,7 @@ mod auth;
 pub mod config;
 pub mod error;
 mod extract;
+mod limits;
 pub mod model;
 mod observe;
 mod routes;
@@ -38,7 +41,7 @@ mod validate;
 
 use std::net::SocketAddr;
 
-pub use config::{ApiConfig, TokenConfig};
+pub use config::{ApiConfig, QuotaConfig, RateLimitConfig, TokenConfig};
 pub use error::{ApiError, ErrorBody};
 pub use routes::openapi;
 pub use server::{Api, bind, openapi_json};

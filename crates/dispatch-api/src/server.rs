@@ -17,12 +17,17 @@ use dispatch_kafka::task_producer::TaskProducer;
 use dispatch_kafka::topic_fold::{AttemptFold, DeadLetterFold, RecordFold, StartAt, TopicFold};
 use dispatch_kafka::topics::{TopicNames, TopicSettings};
 use dispatch_telemetry::{Health, ReadinessFlag};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::auth::TokenTable;
 use crate::config::ApiConfig;
+use crate::limits::AccountQuotas;
 use crate::routes;
 use crate::state::{AppState, Settings, Shared};
 use crate::{Error, Result};
@@ -30,6 +35,8 @@ use crate::{Error, Result};
 /// How long [`Api::run`] waits for the read models' reader threads to exit after the server
 /// stopped.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Api::run`] pauses after the listener failed to accept a connection.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The admin API, its read models started: [`Api::router`] to serve it yourself, or
 /// [`Api::run`] on a listener.
@@ -41,6 +48,8 @@ pub struct Api {
     state: AppState,
     /// Cancelled when the API stops: ends the task that reports readiness to [`Health`].
     stopping: CancellationToken,
+    /// `api.header_read_timeout_ms`, applied to each connection by [`Api::run`].
+    header_read_timeout: Duration,
 }
 
 impl Api {
@@ -109,7 +118,7 @@ impl Api {
         ));
 
         let shared = Shared {
-            tokens: Arc::new(TokenTable::new(&tokens)),
+            tokens: Arc::new(TokenTable::new(&tokens, &config.rate_limit)),
             view,
             writer,
             producer,
@@ -124,7 +133,9 @@ impl Api {
                 default_page_size: config.default_page_size,
                 max_page_size: config.max_page_size,
                 replay_max_batch: config.replay_max_batch,
+                request_timeout: config.request_timeout(),
             },
+            quotas: AccountQuotas::new(&config.quotas),
             openapi_json: openapi_json(),
             replaying: Mutex::new(Default::default()),
         };
@@ -132,6 +143,7 @@ impl Api {
         Ok(Api {
             state: AppState(Arc::new(shared)),
             stopping,
+            header_read_timeout: config.header_read_timeout(),
         })
     }
 
@@ -157,14 +169,59 @@ impl Api {
 
     /// Serves the API on `listener` until `shutdown` is cancelled, lets requests in flight
     /// finish, then stops the read models.
+    ///
+    /// Each connection is served by hyper directly rather than through `axum::serve`, which
+    /// has no header-read timeout: a client that opens a connection and never finishes its
+    /// headers would hold it (and its task) forever. Here it is closed after
+    /// `api.header_read_timeout_ms`; once the headers are in, `api.request_timeout_ms` bounds
+    /// the rest.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
         let addr = listener.local_addr().map_err(Error::Serve)?;
         info!(%addr, "admin API serving");
-        let served = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let service = TowerToHyperService::new(self.router());
+        let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let connections = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: the listener itself is fine,
+                        // and retrying at once would spin.
+                        tracing::warn!(%error, "the admin API could not accept a connection");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            let builder = builder.clone();
+            let service = service.clone();
+            let watcher = connections.watcher();
+            tokio::spawn(async move {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection).await {
+                    // A client that went away or was cut off by the header-read timeout.
+                    tracing::debug!(%peer, %error, "admin API connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        // Idle connections close at once; those with a request in flight finish it, which the
+        // two timeouts bound.
+        let drained = tokio::time::timeout(
+            self.state.0.settings.request_timeout + self.header_read_timeout + STOP_TIMEOUT,
+            connections.shutdown(),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("admin API connections did not close in time");
+        }
         self.stop().await;
-        served.map_err(Error::Serve)?;
         info!(%addr, "admin API stopped");
         Ok(())
     }

@@ -17,6 +17,7 @@ use dispatch_proto::dispatch::v1::Subscription;
 use crate::auth::{Caller, TokenTable};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::BodyLimit;
+use crate::limits::AccountQuotas;
 
 /// How long a client is asked to wait before retrying while a read model catches up.
 const STARTING_RETRY_AFTER_SECS: u64 = 2;
@@ -30,6 +31,7 @@ pub(crate) struct Settings {
     pub default_page_size: usize,
     pub max_page_size: usize,
     pub replay_max_batch: usize,
+    pub request_timeout: Duration,
 }
 
 /// The shared state of the API, cheap to clone.
@@ -47,6 +49,8 @@ pub(crate) struct Shared {
     pub http: HttpConfig,
     pub lanes: BTreeSet<String>,
     pub settings: Settings,
+    /// The per-account quotas.
+    pub quotas: AccountQuotas,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
     /// Dead letters whose replay is under way in this process: a second replay of the same

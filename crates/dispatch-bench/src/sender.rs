@@ -248,7 +248,7 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
     let ctx = AttemptContext {
         client: WebhookClient::new(&http)?,
         schedule,
-        producer: config.reliable_producer()?,
+        writes: dispatch_sender::writes::KafkaWrites::new(&config)?,
         names: names.clone(),
         subscriptions: Arc::new(SubscriptionWriter::new(&config)?),
     };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use dispatch_kafka::KafkaConfig;
-use dispatch_kafka::topics::TopicNames;
+use dispatch_kafka::topics::{SAFE_MIN_INSYNC_REPLICAS, SAFE_REPLICATION_FACTOR, TopicNames};
 use serde::Serialize;
 
 /// How a run's `dispatchd` processes are configured.
@@ -44,6 +44,9 @@ pub struct SystemSettings {
     pub drain_timeout_ms: u64,
     /// The admin API's operator token (the API role serves only this one).
     pub api_token: String,
+    /// Static group membership: each process gets `kafka.instance_id` `bench-<instance>`, the
+    /// same again when it is restarted (off: dynamic membership, as before it existed).
+    pub static_membership: bool,
 }
 
 impl SystemSettings {
@@ -64,6 +67,7 @@ impl SystemSettings {
             fanout_batch_max_ms: 20,
             drain_timeout_ms: 3_000,
             api_token: "bench-operator-token".to_owned(),
+            static_membership: true,
         }
     }
 
@@ -98,6 +102,7 @@ attempts_partitions = 6
 dlq_partitions = 3
 invalid_partitions = 1
 replication_factor = {rf}
+allow_unsafe_durability = {unsafe_durability}
 {min_isr}[retry]
 jitter = 0.0
 [fanout]
@@ -127,6 +132,11 @@ token = "{token}"
             domain = self.domain_partitions,
             delivery = self.delivery_partitions,
             rf = self.replication_factor,
+            // The single local broker; the fault suite's three-broker runs are safe anyway.
+            unsafe_durability = self.replication_factor < SAFE_REPLICATION_FACTOR
+                || self
+                    .min_insync_replicas
+                    .is_none_or(|n| n < SAFE_MIN_INSYNC_REPLICAS),
             batch_records = self.fanout_batch_max_records,
             batch_ms = self.fanout_batch_max_ms,
             drain = self.drain_timeout_ms,
@@ -383,6 +393,11 @@ impl System {
             )
             .stdout(Stdio::null())
             .stderr(log_file);
+        if self.settings.static_membership {
+            // Distinct per instance (two senders on this one machine must not fence each
+            // other), the same for a restarted instance.
+            command.env("DISPATCH_KAFKA__INSTANCE_ID", format!("bench-{instance}"));
+        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.dispatchd.display()))?;

@@ -8,25 +8,27 @@
 //! waits for the brokers), and blocking belongs off the async workers.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::topics::TopicNames;
 use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tracing::{debug, error, info, warn};
 
 use crate::plan::{self, PlannedDelivery, Quarantine};
+use crate::txn::{self, ErrorTraits as TxnErrorTraits, TxnAction, TxnCall};
 use crate::{Error, Result};
 
 /// The `[fanout]` configuration table.
@@ -50,6 +52,15 @@ pub struct FanoutConfig {
     pub batch_max_ms: u64,
     /// `transaction.timeout.ms` of the producer.
     pub transaction_timeout_ms: u64,
+    /// How long a transactional call that librdkafka answers with a *retriable* error (a commit
+    /// that timed out while a broker was unreachable) is made again before the process exits
+    /// non-zero for its supervisor to restart it, in milliseconds.
+    pub transaction_retry_max_ms: u64,
+    /// The `max.message.bytes` assumed for the deliveries, lane and invalid topics when the
+    /// broker does not tell it at start (describe configs refused): a delivery task larger than
+    /// its topic's limit is never produced, its event is quarantined as `too_large`. Kafka's
+    /// default is 1048588.
+    pub fallback_max_message_bytes: usize,
 }
 
 impl Default for FanoutConfig {
@@ -65,6 +76,8 @@ impl Default for FanoutConfig {
             batch_max_records: 1000,
             batch_max_ms: 100,
             transaction_timeout_ms: 60_000,
+            transaction_retry_max_ms: 60_000,
+            fallback_max_message_bytes: 1_048_588,
         }
     }
 }
@@ -105,6 +118,17 @@ impl FanoutConfig {
         }
         if self.transaction_timeout_ms < 1_000 {
             return Err("fanout.transaction_timeout_ms: must be at least 1000".to_owned());
+        }
+        if self.transaction_retry_max_ms < 1_000 {
+            return Err("fanout.transaction_retry_max_ms: must be at least 1000".to_owned());
+        }
+        if !(MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES)
+            .contains(&self.fallback_max_message_bytes)
+        {
+            return Err(format!(
+                "fanout.fallback_max_message_bytes: must be between {MIN_MAX_MESSAGE_BYTES} and {MAX_MAX_MESSAGE_BYTES}, got {}",
+                self.fallback_max_message_bytes
+            ));
         }
         Ok(())
     }
@@ -153,15 +177,183 @@ impl ConsumerContext for FanoutContext {
     }
 }
 
+/// The smallest `max.message.bytes` the fan-out works with (a task must fit next to its body).
+const MIN_MAX_MESSAGE_BYTES: usize = 4_096;
+/// The largest: librdkafka's own ceiling of `message.max.bytes` is 1,000,000,000; a webhook body
+/// of more than 100 MB is not one to deliver.
+const MAX_MAX_MESSAGE_BYTES: usize = 100_000_000;
+/// librdkafka's default `message.max.bytes` and `batch.size`: kept when the topics allow more.
+const LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Longest one attempt of a transactional call blocks. A retriable timeout only means "make the
+/// same call again", so shorter attempts cost nothing and let the loop look at the stop flag
+/// (the recorded broker-loss failure saw no exit within 13 s of SIGTERM).
+const CALL_ATTEMPT_MAX: Duration = Duration::from_secs(5);
+/// Pause between two attempts of a retried call.
+const CALL_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Seeks tried for one partition before its position is considered lost.
+const SEEK_ATTEMPTS: u32 = 3;
+/// Reason of an event whose delivery task exceeds its topic's `max.message.bytes`.
+const REASON_TOO_LARGE: &str = "too_large";
+/// Reason of an event whose task the brokers refused for good for another reason.
+const REASON_UNPRODUCIBLE: &str = "unproducible";
+/// Delivery-report tag of a quarantine record (the others carry their input record's index).
+const QUARANTINE_TAG: usize = 1;
+
+/// The `max.message.bytes` of the topics the fan-out writes, as the broker told it at start.
+#[derive(Debug, Clone)]
+struct TopicLimits {
+    by_topic: BTreeMap<String, usize>,
+    fallback: usize,
+}
+
+impl TopicLimits {
+    fn of(&self, topic: &str) -> usize {
+        self.by_topic.get(topic).copied().unwrap_or(self.fallback)
+    }
+
+    fn all(&self) -> impl Iterator<Item = usize> + '_ {
+        self.by_topic
+            .values()
+            .copied()
+            .chain(std::iter::once(self.fallback))
+    }
+
+    /// Asks the broker for each topic's `max.message.bytes`; a topic it does not answer for
+    /// gets `fallback` (logged). Blocking.
+    fn read(kafka: &KafkaConfig, topics: &[String], fallback: usize) -> Self {
+        let mut limits = TopicLimits {
+            by_topic: BTreeMap::new(),
+            fallback,
+        };
+        // describe_configs is asynchronous; `build` is called from a blocking context.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                warn!(%error, fallback, "cannot read max.message.bytes; assuming fanout.fallback_max_message_bytes");
+                return limits;
+            }
+        };
+        let admin = match TopicAdmin::new(kafka) {
+            Ok(admin) => admin,
+            Err(error) => {
+                warn!(%error, fallback, "cannot read max.message.bytes; assuming fanout.fallback_max_message_bytes");
+                return limits;
+            }
+        };
+        for topic in topics {
+            let limit = runtime
+                .block_on(admin.topic_configs(topic))
+                .map_err(|e| e.to_string())
+                .and_then(|configs| {
+                    configs
+                        .get("max.message.bytes")
+                        .and_then(|value| value.as_deref())
+                        .and_then(|value| value.parse::<usize>().ok())
+                        .ok_or_else(|| "no max.message.bytes in its configs".to_owned())
+                });
+            match limit {
+                Ok(limit) => {
+                    limits.by_topic.insert(topic.clone(), limit);
+                }
+                Err(error) => {
+                    warn!(%error, topic, fallback, "cannot read max.message.bytes; assuming fanout.fallback_max_message_bytes");
+                }
+            }
+        }
+        info!(limits = ?limits.by_topic, "topic record limits (max.message.bytes)");
+        limits
+    }
+}
+
+/// A task the brokers refused for good, from a delivery report.
+#[derive(Debug)]
+struct Refusal {
+    /// The delivery-report tag: `2 × batch index`, plus [`QUARANTINE_TAG`] for a quarantine
+    /// record.
+    tag: usize,
+    topic: String,
+    error: KafkaError,
+}
+
+/// The transactional producer's context: delivery reports (served on the producer's own thread)
+/// note the records the brokers refused for good, so that the input record behind one is
+/// quarantined when its batch is read again instead of aborting the batch forever.
+#[derive(Debug, Default)]
+struct FanoutProducerContext {
+    refusals: Mutex<Vec<Refusal>>,
+}
+
+impl ClientContext for FanoutProducerContext {}
+
+impl ProducerContext for FanoutProducerContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        if let Err((error, message)) = result
+            && error
+                .rdkafka_error_code()
+                .is_some_and(txn::is_permanent_record_error)
+        {
+            self.refusals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Refusal {
+                    tag,
+                    topic: message.topic().to_owned(),
+                    error: error.clone(),
+                });
+        }
+    }
+}
+
+/// An input record that must be quarantined when it is read again (its tasks cannot be
+/// produced), keyed by (topic, partition, offset).
+#[derive(Debug, Clone)]
+struct Poisoned {
+    quarantine: Quarantine,
+    /// False when even the quarantine record with the value was refused: write it without.
+    keep_value: bool,
+}
+
+/// Faults a test makes the fan-out meet (feature `fault-injection`, enabled by the integration
+/// tests only; no configuration reaches it).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Default)]
+pub struct InjectedFaults {
+    /// This many transactions are aborted after producing their tasks, before their offsets
+    /// are sent.
+    pub aborted_transactions: std::sync::atomic::AtomicU32,
+    /// This many seeks fail.
+    pub failed_seeks: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(feature = "fault-injection")]
+fn take_one(counter: &std::sync::atomic::AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+}
+
 /// A ready fan-out: clients created, transactions initialised, subscribed.
 pub struct Fanout {
     consumer: BaseConsumer<FanoutContext>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<FanoutProducerContext>,
     view: Arc<SubscriptionView>,
     names: TopicNames,
     lanes: BTreeSet<String>,
     config: FanoutConfig,
+    kafka: KafkaConfig,
+    subscription: Vec<String>,
     request_timeout: Duration,
+    limits: TopicLimits,
+    poisoned: Mutex<BTreeMap<(String, i32, i64), Poisoned>>,
+    #[cfg(feature = "fault-injection")]
+    faults: Arc<InjectedFaults>,
 }
 
 impl std::fmt::Debug for Fanout {
@@ -180,6 +372,32 @@ struct BatchCounts {
     quarantined: usize,
 }
 
+/// Why a batch was not committed.
+#[derive(Debug)]
+enum BatchFailure {
+    /// Abort the transaction and read the batch again.
+    Abort(KafkaError),
+    /// Only a restart can continue.
+    Exit(Error),
+    /// The stop flag was set while a call was being repeated.
+    Stopped,
+}
+
+/// How consuming ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Consumption {
+    /// The stop flag was set.
+    Stopped,
+    /// A rewind failed: the consumer's position is past records that were not committed.
+    PositionLost,
+}
+
+/// What became of one input record in the open transaction.
+enum RecordOutcome {
+    Delivered(usize),
+    Quarantined(&'static str),
+}
+
 impl Fanout {
     /// Creates the clients, initialises transactions (fencing any previous incarnation of the
     /// same transactional id) and subscribes to the domain topics. Blocking: call it from a
@@ -191,31 +409,36 @@ impl Fanout {
         view: Arc<SubscriptionView>,
     ) -> Result<Self> {
         let names = TopicNames::new(kafka.topic_prefix.clone());
-        let consumer: BaseConsumer<FanoutContext> = kafka
-            .client_config()
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // Pipelines may publish transactionally; never fan out an aborted event.
-            .set("isolation.level", "read_committed")
-            .set(
-                "statistics.interval.ms",
-                dispatch_kafka::lag::statistics_interval(kafka),
-            )
-            .create_with_context(FanoutContext {
-                group: config.group_id.clone(),
-                topic_prefix: kafka.topic_prefix.clone(),
-                ..FanoutContext::default()
-            })
-            .map_err(Error::Kafka)?;
-        let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        let lanes: BTreeSet<String> = lanes.into_iter().collect();
+        let mut written: Vec<String> = vec![names.deliveries(), names.invalid()];
+        written.extend(lanes.iter().map(|lane| names.lane(lane)));
+        let limits = TopicLimits::read(kafka, &written, config.fallback_max_message_bytes);
+        // librdkafka refuses locally any record over its own message.max.bytes, and a batch
+        // over a topic's max.message.bytes is refused whole by the broker: let one record be as
+        // large as the largest topic allows, and a batch no larger than the smallest does.
+        let largest = limits
+            .all()
+            .max()
+            .unwrap_or(config.fallback_max_message_bytes);
+        let smallest = limits
+            .all()
+            .min()
+            .unwrap_or(config.fallback_max_message_bytes);
+        let message_max_bytes =
+            (largest + quarantine::RECORD_OVERHEAD_BYTES).max(LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES);
+        let batch_size = smallest
+            .saturating_sub(quarantine::RECORD_OVERHEAD_BYTES)
+            .clamp(1, LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES);
+
+        let producer: ThreadedProducer<FanoutProducerContext> = kafka
             .client_config()
             .set("transactional.id", config.effective_transactional_id())
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
+            .set("message.max.bytes", message_max_bytes.to_string())
+            .set("batch.size", batch_size.to_string())
             // Right after a commit the coordinator may answer the next transaction's
             // AddPartitionsToTxn / AddOffsetsToTxn with CONCURRENT_TRANSACTIONS until the
             // markers are written; librdkafka retries after retry.backoff.ms (100 ms by default).
@@ -224,7 +447,7 @@ impl Fanout {
                 "transaction.timeout.ms",
                 config.transaction_timeout_ms.to_string(),
             )
-            .create()
+            .create_with_context(FanoutProducerContext::default())
             .map_err(Error::Kafka)?;
         let request_timeout = kafka.request_timeout();
         producer
@@ -244,8 +467,7 @@ impl Fanout {
                 .map(|topic| format!("{}{topic}", kafka.topic_prefix))
                 .collect(),
         };
-        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(Error::Kafka)?;
+        let consumer = subscribe(kafka, &config, &subscription)?;
         info!(topics = ?subscription, transactional_id = %config.effective_transactional_id(), "fan-out subscribed");
 
         Ok(Fanout {
@@ -253,37 +475,80 @@ impl Fanout {
             producer,
             view,
             names,
-            lanes: lanes.into_iter().collect(),
+            lanes,
             config,
+            kafka: kafka.clone(),
+            subscription,
             request_timeout,
+            limits,
+            poisoned: Mutex::new(BTreeMap::new()),
+            #[cfg(feature = "fault-injection")]
+            faults: Arc::default(),
         })
+    }
+
+    /// Test seam: makes this fan-out meet the given faults.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_faults(&mut self, faults: Arc<InjectedFaults>) {
+        self.faults = faults;
     }
 
     /// Runs until `stop` is set, then finishes the open transaction and leaves the group.
     /// Blocking: run it on its own thread. Returns an error only for what a restart must fix
-    /// (a fenced producer, a fatal client error).
-    pub fn run_blocking(self, stop: &AtomicBool) -> Result<()> {
+    /// (a fenced producer, a fatal client error, a call that stayed retriable past
+    /// `fanout.transaction_retry_max_ms`).
+    pub fn run_blocking(mut self, stop: &AtomicBool) -> Result<()> {
+        while self.consume(stop)? == Consumption::PositionLost {
+            // The consumer will hand out records after the ones it dropped; committing those
+            // would step over the dropped ones. A new consumer joins the group and starts every
+            // partition it is assigned at the committed offset.
+            warn!("a rewind failed: recreating the consumer to restart from the committed offsets");
+            metrics::counter!(names::FANOUT_CONSUMER_RECREATED_TOTAL).increment(1);
+            self.consumer = subscribe(&self.kafka, &self.config, &self.subscription)?;
+        }
+        info!("fan-out stopping; leaving the group");
+        Ok(())
+    }
+
+    /// Consumes batches until `stop` or until a rewind failed.
+    fn consume(&self, stop: &AtomicBool) -> Result<Consumption> {
         let batch_wait = Duration::from_millis(self.config.batch_max_ms);
         while !stop.load(Ordering::SeqCst) {
             let batch = self.collect_batch(batch_wait, stop)?;
             if batch.is_empty() {
                 continue;
             }
-            match self.process_batch(&batch) {
-                Ok(counts) => debug!(?counts, "batch committed"),
-                Err(TransactionFailure::Fatal(error)) => {
-                    error!(%error, "fan-out transaction failed fatally; exiting");
+            let error = match self.process_batch(&batch, stop) {
+                Ok(counts) => {
+                    debug!(?counts, "batch committed");
+                    continue;
+                }
+                Err(BatchFailure::Stopped) => return Ok(Consumption::Stopped),
+                Err(BatchFailure::Exit(error)) => {
+                    error!(%error, "fan-out transaction failed in a way only a restart fixes; exiting");
+                    return Err(error);
+                }
+                Err(BatchFailure::Abort(error)) => error,
+            };
+            warn!(%error, records = batch.len(), "fan-out transaction failed; aborting, the batch will be read again");
+            match self.abort(stop) {
+                Ok(()) => {}
+                Err(BatchFailure::Stopped) => return Ok(Consumption::Stopped),
+                Err(BatchFailure::Exit(error)) => {
+                    error!(%error, "abort_transaction failed; exiting");
+                    return Err(error);
+                }
+                Err(BatchFailure::Abort(error)) => {
+                    error!(%error, "abort_transaction failed; exiting");
                     return Err(Error::Kafka(error));
                 }
-                Err(TransactionFailure::Retry(error)) => {
-                    warn!(%error, records = batch.len(), "fan-out transaction failed; aborting, the batch will be read again");
-                    self.abort();
-                    self.rewind(&batch);
-                }
+            }
+            self.note_refusals(&batch);
+            if !self.rewind(&batch) {
+                return Ok(Consumption::PositionLost);
             }
         }
-        info!("fan-out stopping; leaving the group");
-        Ok(())
+        Ok(Consumption::Stopped)
     }
 
     /// Polls until the batch is full, `wait` passed since its first record, or `stop`.
@@ -315,7 +580,9 @@ impl Fanout {
                     batch.push(message);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(error)) if is_fatal(&error) => return Err(Error::Kafka(error)),
+                Some(Err(error)) if TxnErrorTraits::of(&error).fatal => {
+                    return Err(Error::Kafka(error));
+                }
                 Some(Err(error)) => warn!(%error, "consumer error"),
                 None => {}
             }
@@ -346,14 +613,56 @@ impl Fanout {
             .to_owned()
     }
 
+    /// Makes a transactional call, repeating it while librdkafka calls its error retriable
+    /// (bounded by `fanout.transaction_retry_max_ms`), and turns any other error into what the
+    /// loop does next ([`txn::decide`]).
+    fn call<T>(
+        &self,
+        call: TxnCall,
+        stop: &AtomicBool,
+        mut attempt: impl FnMut(Duration) -> KafkaResult<T>,
+    ) -> Result<T, BatchFailure> {
+        let started = Instant::now();
+        let retry_max = Duration::from_millis(self.config.transaction_retry_max_ms);
+        let attempt_timeout = self.request_timeout.min(CALL_ATTEMPT_MAX);
+        loop {
+            let error = match attempt(attempt_timeout) {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            match txn::decide(call, TxnErrorTraits::of(&error)) {
+                TxnAction::RetrySameCall => {
+                    if stop.load(Ordering::SeqCst) {
+                        info!(call = call.label(), %error, "stopping while a transactional call is repeated; the next incarnation aborts what is open");
+                        return Err(BatchFailure::Stopped);
+                    }
+                    if started.elapsed() >= retry_max {
+                        return Err(BatchFailure::Exit(Error::TransactionStuck {
+                            call: call.label(),
+                            waited_ms: started.elapsed().as_millis() as u64,
+                            source: error,
+                        }));
+                    }
+                    warn!(call = call.label(), %error, "transactional call failed retriably; making it again");
+                    metrics::counter!(names::FANOUT_TRANSACTION_RETRIES_TOTAL, "call" => call.label())
+                        .increment(1);
+                    std::thread::sleep(CALL_RETRY_BACKOFF);
+                }
+                TxnAction::AbortAndRewind | TxnAction::QuarantineRecord => {
+                    return Err(BatchFailure::Abort(error));
+                }
+                TxnAction::Exit => return Err(BatchFailure::Exit(Error::Kafka(error))),
+            }
+        }
+    }
+
     fn process_batch(
         &self,
         batch: &[BorrowedMessage<'_>],
-    ) -> Result<BatchCounts, TransactionFailure> {
+        stop: &AtomicBool,
+    ) -> Result<BatchCounts, BatchFailure> {
         let started = Instant::now();
-        self.producer
-            .begin_transaction()
-            .map_err(TransactionFailure::classify)?;
+        self.call(TxnCall::Begin, stop, |_| self.producer.begin_transaction())?;
         let mut counts = BatchCounts {
             records: batch.len(),
             ..BatchCounts::default()
@@ -362,56 +671,40 @@ impl Fanout {
         let mut produced_by_family: BTreeMap<String, u64> = BTreeMap::new();
         let mut unmatched = 0u64;
         let now = SystemTime::now();
-        for message in batch {
-            match self.plan_record(message, now) {
-                Ok(deliveries) => {
-                    if deliveries.is_empty() {
-                        unmatched += 1;
-                    }
-                    for delivery in deliveries {
-                        let family = delivery
-                            .task
-                            .event_type
-                            .split('.')
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        let value = delivery.task.encode_to_vec();
-                        self.send(
-                            BaseRecord::to(&delivery.topic)
-                                .key(delivery.task.subscription_id.as_bytes())
-                                .payload(&value),
-                        )?;
-                        *produced_by_family.entry(family).or_default() += 1;
-                        counts.deliveries += 1;
-                    }
-                }
-                Err(quarantine) => {
-                    self.quarantine(message, &quarantine)?;
-                    *invalid_reasons.entry(quarantine.reason).or_default() += 1;
+        for (index, message) in batch.iter().enumerate() {
+            match self.fan_out_record(index, message, now, stop, &mut produced_by_family)? {
+                RecordOutcome::Delivered(0) => unmatched += 1,
+                RecordOutcome::Delivered(deliveries) => counts.deliveries += deliveries,
+                RecordOutcome::Quarantined(reason) => {
+                    *invalid_reasons.entry(reason).or_default() += 1;
                     counts.quarantined += 1;
                 }
             }
         }
 
+        #[cfg(feature = "fault-injection")]
+        if take_one(&self.faults.aborted_transactions) {
+            return Err(BatchFailure::Abort(KafkaError::MessageProduction(
+                RDKafkaErrorCode::Fail,
+            )));
+        }
+
         let offsets = next_offsets(batch);
         // Without group metadata (no current generation) the offsets cannot join the
         // transaction; abort and read the batch again once the group settled.
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(TransactionFailure::Retry(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::Fail,
-            )))?;
+        let group = self.consumer.group_metadata().ok_or(BatchFailure::Abort(
+            KafkaError::MessageConsumption(RDKafkaErrorCode::Fail),
+        ))?;
         let commit_started = Instant::now();
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, self.request_timeout)
-            .map_err(TransactionFailure::classify)?;
+        self.call(TxnCall::SendOffsets, stop, |timeout| {
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, timeout)
+        })?;
         let offsets_sent = commit_started.elapsed();
-        self.wait_until_delivered();
-        self.producer
-            .commit_transaction(self.request_timeout)
-            .map_err(TransactionFailure::classify)?;
+        self.wait_until_delivered(stop);
+        self.call(TxnCall::Commit, stop, |timeout| {
+            self.producer.commit_transaction(timeout)
+        })?;
         debug!(
             produce_ms = (commit_started - started).as_millis() as u64,
             send_offsets_ms = offsets_sent.as_millis() as u64,
@@ -435,7 +728,185 @@ impl Fanout {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "transaction committed"
         );
+        if counts.quarantined > 0 {
+            // Quarantined for good now: forget them.
+            let mut poisoned = self.poisoned.lock().unwrap_or_else(PoisonError::into_inner);
+            for message in batch {
+                poisoned.remove(&(
+                    message.topic().to_owned(),
+                    message.partition(),
+                    message.offset(),
+                ));
+            }
+        }
         Ok(counts)
+    }
+
+    /// Produces what one input record becomes into the open transaction: its delivery tasks,
+    /// or its quarantine record.
+    fn fan_out_record(
+        &self,
+        index: usize,
+        message: &BorrowedMessage<'_>,
+        now: SystemTime,
+        stop: &AtomicBool,
+        produced_by_family: &mut BTreeMap<String, u64>,
+    ) -> Result<RecordOutcome, BatchFailure> {
+        let position = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        let poisoned = self
+            .poisoned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&position)
+            .cloned();
+        let planned = match poisoned {
+            Some(poisoned) => Err(poisoned),
+            None => self
+                .plan_record(message, now)
+                .and_then(|deliveries| self.encode_within_limits(deliveries))
+                .map_err(|quarantine| Poisoned {
+                    quarantine,
+                    keep_value: true,
+                }),
+        };
+        let encoded = match planned {
+            Ok(encoded) => encoded,
+            Err(poisoned) => {
+                self.quarantine(index, message, &poisoned, stop)?;
+                return Ok(RecordOutcome::Quarantined(poisoned.quarantine.reason));
+            }
+        };
+        let tag = index * 2;
+        for (delivery, value) in &encoded {
+            let record = BaseRecord::with_opaque_to(&delivery.topic, tag)
+                .key(delivery.task.subscription_id.as_bytes())
+                .payload(value.as_slice());
+            if let Err(failure) = self.send(record, stop) {
+                return Err(self.poison_if_refused(message, failure, true));
+            }
+            let family = delivery
+                .task
+                .event_type
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            *produced_by_family.entry(family).or_default() += 1;
+        }
+        Ok(RecordOutcome::Delivered(encoded.len()))
+    }
+
+    /// Encodes the tasks of one event, or says why the event must be quarantined: a task over
+    /// its topic's `max.message.bytes` can never be produced (and none of its siblings is
+    /// produced either: an event is fanned out whole or quarantined).
+    fn encode_within_limits(
+        &self,
+        deliveries: Vec<PlannedDelivery>,
+    ) -> Result<Vec<(PlannedDelivery, Vec<u8>)>, Quarantine> {
+        deliveries
+            .into_iter()
+            .map(|delivery| {
+                let value = delivery.task.encode_to_vec();
+                let key = delivery.task.subscription_id.as_bytes();
+                let size = quarantine::record_size(Some(key), Some(&value), None);
+                let limit = self.limits.of(&delivery.topic);
+                if size > limit {
+                    return Err(Quarantine {
+                        reason: REASON_TOO_LARGE,
+                        message: plan::too_large_message(
+                            &delivery.task.subscription_id,
+                            size,
+                            &delivery.topic,
+                            limit,
+                        ),
+                    });
+                }
+                Ok((delivery, value))
+            })
+            .collect()
+    }
+
+    /// A send that failed because the record can never be produced poisons its input record
+    /// (quarantined when the batch is read again); every send failure aborts the transaction.
+    fn poison_if_refused(
+        &self,
+        message: &BorrowedMessage<'_>,
+        failure: SendFailure,
+        keep_value: bool,
+    ) -> BatchFailure {
+        match failure {
+            SendFailure::Batch(failure) => failure,
+            SendFailure::Refused(error) => {
+                let quarantine = Quarantine {
+                    reason: refusal_reason(&error),
+                    message: format!("its record cannot be produced: {error}"),
+                };
+                self.poison(message, quarantine, keep_value);
+                BatchFailure::Abort(error)
+            }
+        }
+    }
+
+    fn poison(&self, message: &BorrowedMessage<'_>, quarantine: Quarantine, keep_value: bool) {
+        warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason = quarantine.reason,
+            error = %quarantine.message,
+            "a record can never be produced; it is quarantined when its batch is read again"
+        );
+        self.poisoned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (
+                    message.topic().to_owned(),
+                    message.partition(),
+                    message.offset(),
+                ),
+                Poisoned {
+                    quarantine,
+                    keep_value,
+                },
+            );
+    }
+
+    /// After an abort: the records the brokers refused for good (delivery reports) poison the
+    /// input records they came from.
+    fn note_refusals(&self, batch: &[BorrowedMessage<'_>]) {
+        // The abort purged what was queued; wait for the purge's delivery reports to be served
+        // by the producer's thread so that every refusal is noted.
+        let deadline = Instant::now() + self.request_timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let refusals = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .refusals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for refusal in refusals {
+            let Some(message) = batch.get(refusal.tag / 2) else {
+                continue;
+            };
+            let keep_value = refusal.tag % 2 != QUARANTINE_TAG;
+            let quarantine = Quarantine {
+                reason: refusal_reason(&refusal.error),
+                message: format!(
+                    "the broker refused its record to {}: {}",
+                    refusal.topic, refusal.error
+                ),
+            };
+            self.poison(message, quarantine, keep_value);
+        }
     }
 
     /// Waits until every produced record is acknowledged, polling briefly. rust-rdkafka's
@@ -443,9 +914,12 @@ impl Fanout {
     /// producer's own thread serves the delivery reports — a fixed 100 ms per transaction that
     /// dominated small batches (measured: docs/benchmarks.md). With nothing outstanding its
     /// flush returns at once.
-    fn wait_until_delivered(&self) {
+    fn wait_until_delivered(&self, stop: &AtomicBool) {
         let deadline = Instant::now() + self.request_timeout;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+        while self.producer.in_flight_count() > 0
+            && Instant::now() < deadline
+            && !stop.load(Ordering::SeqCst)
+        {
             std::thread::sleep(Duration::from_micros(500));
         }
     }
@@ -462,13 +936,16 @@ impl Fanout {
         })
     }
 
-    /// The original record, untouched, to `dispatch.invalid`, with headers naming the error and
-    /// where the record came from.
+    /// The original record to `dispatch.invalid`, with headers naming the error and where the
+    /// record came from; its value cut (and marked so) if the whole would not fit the topic.
     fn quarantine(
         &self,
+        index: usize,
         message: &BorrowedMessage<'_>,
-        quarantine: &Quarantine,
-    ) -> Result<(), TransactionFailure> {
+        poisoned: &Poisoned,
+        stop: &AtomicBool,
+    ) -> Result<(), BatchFailure> {
+        let quarantine = &poisoned.quarantine;
         let headers = quarantine::headers(
             &QuarantineInfo {
                 reason: quarantine.reason,
@@ -488,53 +965,86 @@ impl Fanout {
             "quarantined an invalid record"
         );
         let invalid_topic = self.names.invalid();
-        let mut record = BaseRecord::<[u8], [u8]>::to(&invalid_topic).headers(headers);
+        let value = if poisoned.keep_value {
+            message.payload()
+        } else {
+            None
+        };
+        let (value, headers) = quarantine::fit(
+            message.key(),
+            value,
+            headers,
+            self.limits.of(&invalid_topic),
+        );
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+            &invalid_topic,
+            index * 2 + QUARANTINE_TAG,
+        )
+        .headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
+        if let Some(value) = value {
+            record = record.payload(value);
         }
-        self.send(record)
+        self.send(record, stop)
+            .map_err(|failure| self.poison_if_refused(message, failure, false))
     }
 
     /// Enqueues a record in the open transaction, waiting while the local queue is full.
-    fn send<'r>(&self, mut record: BaseRecord<'r, [u8], [u8]>) -> Result<(), TransactionFailure> {
+    fn send<'r>(
+        &self,
+        mut record: BaseRecord<'r, [u8], [u8], usize>,
+        stop: &AtomicBool,
+    ) -> Result<(), SendFailure> {
         // A queue that stays full means the brokers are not taking records (a leader lost,
         // acks=all waiting for replicas): waiting longer than a request would not help, and
         // an unbounded wait here would never look at the stop flag. Abort and read the batch
         // again instead. (The clock is read only once the queue is full: this runs per record.)
         let mut deadline = None;
         loop {
-            match self.producer.send(record) {
+            let (error, returned) = match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                Err(failed) => failed,
+            };
+            match txn::decide(TxnCall::Produce, TxnErrorTraits::of(&error)) {
+                TxnAction::RetrySameCall => {
                     let deadline =
                         *deadline.get_or_insert_with(|| Instant::now() + self.request_timeout);
+                    if stop.load(Ordering::SeqCst) {
+                        return Err(SendFailure::Batch(BatchFailure::Stopped));
+                    }
                     if Instant::now() > deadline {
-                        warn!("producer queue full for a whole request timeout");
-                        return Err(TransactionFailure::Retry(KafkaError::MessageProduction(
-                            RDKafkaErrorCode::QueueFull,
-                        )));
+                        warn!(%error, "producer queue full for a whole request timeout");
+                        return Err(SendFailure::Batch(BatchFailure::Abort(error)));
                     }
                     record = returned;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((error, _)) => return Err(TransactionFailure::classify(error)),
+                TxnAction::QuarantineRecord => return Err(SendFailure::Refused(error)),
+                TxnAction::AbortAndRewind => {
+                    return Err(SendFailure::Batch(BatchFailure::Abort(error)));
+                }
+                TxnAction::Exit => {
+                    return Err(SendFailure::Batch(BatchFailure::Exit(Error::Kafka(error))));
+                }
             }
         }
     }
 
-    fn abort(&self) {
+    /// Aborts the open transaction, repeating the abort while it is retriable.
+    fn abort(&self, stop: &AtomicBool) -> Result<(), BatchFailure> {
         metrics::counter!(names::FANOUT_TRANSACTIONS_TOTAL, "result" => "abort").increment(1);
-        if let Err(error) = self.producer.abort_transaction(self.request_timeout) {
-            warn!(%error, "abort_transaction failed");
-        }
+        self.call(TxnCall::Abort, stop, |timeout| {
+            self.producer.abort_transaction(timeout)
+        })
     }
 
     /// After an abort: read the batch again from its first offset in each partition (everything
-    /// before it is committed: our own transactions committed it).
-    fn rewind(&self, batch: &[BorrowedMessage<'_>]) {
+    /// before it is committed: our own transactions committed it). False when a partition this
+    /// consumer still owns could not be rewound: its position is then past records that were
+    /// not committed, and consuming on would let a later commit step over them.
+    fn rewind(&self, batch: &[BorrowedMessage<'_>]) -> bool {
         let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for message in batch {
             first
@@ -543,18 +1053,93 @@ impl Fanout {
                 .or_insert(message.offset());
         }
         for ((topic, partition), offset) in first {
-            if let Err(error) = self.consumer.seek(
-                &topic,
-                partition,
-                Offset::Offset(offset),
-                self.request_timeout,
-            ) {
-                // The partition may have been revoked meanwhile; its next owner starts from the
-                // committed offset, which is what we wanted anyway.
-                warn!(%error, topic, partition, offset, "rewind failed");
+            let mut attempts = 0;
+            while let Err(error) = self.seek(&topic, partition, offset) {
+                attempts += 1;
+                if !self.owns(&topic, partition) {
+                    // Revoked meanwhile: its next owner (maybe this consumer again) starts from
+                    // the committed offset, which is what we wanted anyway.
+                    info!(%error, topic, partition, offset, "rewind failed on a revoked partition");
+                    break;
+                }
+                if attempts >= SEEK_ATTEMPTS {
+                    error!(%error, topic, partition, offset, "rewind failed");
+                    return false;
+                }
+                warn!(%error, topic, partition, offset, attempts, "rewind failed; trying again");
+                std::thread::sleep(CALL_RETRY_BACKOFF);
             }
         }
+        true
     }
+
+    fn seek(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+        #[cfg(feature = "fault-injection")]
+        if take_one(&self.faults.failed_seeks) {
+            return Err(KafkaError::Seek("injected by the test seam".to_owned()));
+        }
+        self.consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            self.request_timeout,
+        )
+    }
+
+    /// Whether the partition is in this consumer's assignment (assumed so when unknown).
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.consumer
+            .assignment()
+            .map(|assignment| assignment.find_partition(topic, partition).is_some())
+            .unwrap_or(true)
+    }
+}
+
+/// Why a record could not be enqueued.
+#[derive(Debug)]
+enum SendFailure {
+    /// The transaction as a whole failed.
+    Batch(BatchFailure),
+    /// This record can never be produced.
+    Refused(KafkaError),
+}
+
+fn refusal_reason(error: &KafkaError) -> &'static str {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge) => {
+            REASON_TOO_LARGE
+        }
+        _ => REASON_UNPRODUCIBLE,
+    }
+}
+
+/// A consumer in the fan-out's group, subscribed to the domain topics.
+fn subscribe(
+    kafka: &KafkaConfig,
+    config: &FanoutConfig,
+    subscription: &[String],
+) -> Result<BaseConsumer<FanoutContext>> {
+    let consumer: BaseConsumer<FanoutContext> = kafka
+        // Static membership and the session timeout: see KafkaConfig::instance_id.
+        .group_member_config(&config.group_id, "fanout")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Pipelines may publish transactionally; never fan out an aborted event.
+        .set("isolation.level", "read_committed")
+        .set(
+            "statistics.interval.ms",
+            dispatch_kafka::lag::statistics_interval(kafka),
+        )
+        .create_with_context(FanoutContext {
+            group: config.group_id.clone(),
+            topic_prefix: kafka.topic_prefix.clone(),
+            ..FanoutContext::default()
+        })
+        .map_err(Error::Kafka)?;
+    let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(Error::Kafka)?;
+    Ok(consumer)
 }
 
 /// The offsets to commit: the next one after the last record of each partition.
@@ -572,31 +1157,4 @@ fn next_offsets(batch: &[BorrowedMessage<'_>]) -> TopicPartitionList {
         let _ = list.add_partition_offset(&topic, partition, Offset::Offset(offset));
     }
     list
-}
-
-fn is_fatal(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::Transaction(e) => e.is_fatal(),
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced)
-        ),
-    }
-}
-
-/// How a transaction failed: retry the batch after an abort, or stop the process.
-#[derive(Debug)]
-enum TransactionFailure {
-    Retry(KafkaError),
-    Fatal(KafkaError),
-}
-
-impl TransactionFailure {
-    fn classify(error: KafkaError) -> Self {
-        if is_fatal(&error) {
-            TransactionFailure::Fatal(error)
-        } else {
-            TransactionFailure::Retry(error)
-        }
-    }
 }

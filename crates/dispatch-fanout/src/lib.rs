@@ -6,10 +6,12 @@
 //! # Layout
 //! - [`plan`]: what one record becomes (quarantine, or delivery tasks) — no I/O.
 //! - [`fanout`]: the consumer → transactional producer loop on its own thread.
+//! - [`txn`]: what a failed transactional call leads to (repeat, abort, exit) — no I/O.
 #![forbid(unsafe_code)]
 
 pub mod fanout;
 pub mod plan;
+pub mod txn;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +25,19 @@ pub enum Error {
     /// A Kafka client failed in a way a restart must fix (fenced, fatal, misconfigured).
     #[error("Kafka: {0}")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    /// A transactional call kept failing with an error librdkafka calls retriable (the same
+    /// call must be made again) for longer than `fanout.transaction_retry_max_ms`: a restart
+    /// (a new producer fencing this one) is the way on.
+    #[error("{call} kept failing for {waited_ms} ms (fanout.transaction_retry_max_ms): {source}")]
+    TransactionStuck {
+        /// The call: `begin`, `produce`, `send_offsets`, `commit` or `abort`.
+        call: &'static str,
+        /// How long it was repeated.
+        waited_ms: u64,
+        /// The last error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// The loop's thread panicked or could not be joined.
     #[error("the fan-out thread failed: {0}")]
     Thread(String),

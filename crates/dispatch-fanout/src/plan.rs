@@ -87,6 +87,21 @@ pub fn deliveries(
         .collect())
 }
 
+/// Why an event whose delivery task would be `size_bytes` long is quarantined instead of fanned
+/// out to `topic`, which accepts records of at most `limit_bytes` (its `max.message.bytes`).
+pub fn too_large_message(
+    subscription_id: &str,
+    size_bytes: usize,
+    topic: &str,
+    limit_bytes: usize,
+) -> String {
+    format!(
+        "its delivery task for subscription {subscription_id} would be {size_bytes} bytes \
+         (record overhead included), over the {limit_bytes} bytes {topic} accepts \
+         (max.message.bytes): the rendered webhook body is too large to deliver"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use dispatch_core::{catalog, ids};
@@ -112,6 +127,17 @@ mod tests {
                     .expect("example"),
             ),
         }
+    }
+
+    #[test]
+    fn a_too_large_task_is_explained_with_its_size_and_the_limit() {
+        let message = too_large_message("sub_a", 1_200_345, "p.dispatch.deliveries", 1_048_588);
+        assert!(message.contains("sub_a"), "{message}");
+        assert!(message.contains("1200345 bytes"), "{message}");
+        assert!(
+            message.contains("1048588 bytes p.dispatch.deliveries"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl fmt::Display for RefusedIp {
 
 /// A host the guard refuses: a literal IP that is not allowed, or a name that resolves only to
 /// addresses that are not allowed.
+///
+/// Its `Display` is what the customer who wrote the URL is told (the admin API's 400, an attempt
+/// record's message): the rule that refused it, and never the internal addresses a name
+/// resolved to — those would map our network for whoever registers a name pointing into it.
+/// [`BlockedAddress::detail`] adds the addresses, for operators' logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct BlockedAddress {
     /// The host as written in the URL (without IPv6 brackets).
@@ -134,26 +139,51 @@ pub struct BlockedAddress {
     pub refused: Vec<RefusedIp>,
 }
 
+impl BlockedAddress {
+    /// Whether the host was written as this one literal address (then naming it tells the
+    /// customer nothing they did not write).
+    fn is_literal(&self) -> bool {
+        matches!(self.refused.as_slice(), [only] if only.ip.to_string() == self.host)
+    }
+
+    /// The distinct reasons of the refused addresses, in resolution order.
+    fn reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        for refused in &self.refused {
+            if !reasons.contains(&refused.reason) {
+                reasons.push(refused.reason);
+            }
+        }
+        reasons
+    }
+
+    /// The refusal with every refused address and its reason: for operators' logs only.
+    #[must_use]
+    pub fn detail(&self) -> String {
+        let addresses: Vec<String> = self.refused.iter().map(ToString::to_string).collect();
+        format!("{} resolved to {}", self.host, addresses.join(", "))
+    }
+}
+
 impl fmt::Display for BlockedAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.refused.as_slice() {
-            [only] if only.ip.to_string() == self.host => {
-                write!(f, "address {} is not allowed: {}", only.ip, only.reason)
-            }
-            refused => {
-                write!(
-                    f,
-                    "{} resolves only to addresses that are not allowed: ",
-                    self.host
-                )?;
-                for (index, refused) in refused.iter().enumerate() {
-                    if index > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{refused}")?;
-                }
-                Ok(())
-            }
+        if self.is_literal() {
+            let only = &self.refused[0];
+            return write!(f, "address {} is not allowed: {}", only.ip, only.reason);
+        }
+        match self.reasons().as_slice() {
+            [] => write!(f, "{} resolves to no address that is allowed", self.host),
+            [reason] => write!(
+                f,
+                "{} resolves to a {reason} address, which is not allowed",
+                self.host
+            ),
+            reasons => write!(
+                f,
+                "{} resolves only to addresses that are not allowed ({})",
+                self.host,
+                reasons.join(", ")
+            ),
         }
     }
 }
@@ -264,10 +294,14 @@ impl AddressGuard {
                 host: host.to_owned(),
             });
         }
-        Err(ResolveError::Blocked(BlockedAddress {
+        let blocked = BlockedAddress {
             host: host.to_owned(),
             refused,
-        }))
+        };
+        // The refusal itself names only the rule (it reaches customers); the addresses are
+        // for the operator.
+        tracing::info!(detail = %blocked.detail(), "the SSRF guard refused every address of a name");
+        Err(ResolveError::Blocked(blocked))
     }
 }
 
@@ -433,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn blocked_address_messages_name_host_and_addresses() {
+    fn blocked_address_messages_name_the_rule_and_only_literal_addresses() {
         let literal = BlockedAddress {
             host: "127.0.0.1".into(),
             refused: vec![RefusedIp {
@@ -460,7 +494,33 @@ mod tests {
         };
         assert_eq!(
             name.to_string(),
-            "localhost resolves only to addresses that are not allowed: ::1 (loopback), 127.0.0.1 (loopback)"
+            "localhost resolves to a loopback address, which is not allowed"
+        );
+        assert_eq!(
+            name.detail(),
+            "localhost resolved to ::1 (loopback), 127.0.0.1 (loopback)"
+        );
+        let mixed = BlockedAddress {
+            host: "internal.example".into(),
+            refused: vec![
+                RefusedIp {
+                    ip: ip("10.1.2.3"),
+                    reason: "private (RFC 1918)",
+                },
+                RefusedIp {
+                    ip: ip("169.254.169.254"),
+                    reason: "link-local",
+                },
+            ],
+        };
+        let told = mixed.to_string();
+        assert_eq!(
+            told,
+            "internal.example resolves only to addresses that are not allowed (private (RFC 1918), link-local)"
+        );
+        assert!(
+            !told.contains("10.1.2.3") && !told.contains("169.254"),
+            "a name's refusal must not reveal what it resolved to: {told}"
         );
     }
 

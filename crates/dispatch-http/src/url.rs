@@ -10,7 +10,7 @@ use hyper::Uri;
 use hyper::http::uri::Scheme;
 
 use crate::HttpConfig;
-use crate::ssrf::{AddressGuard, RefusedIp, ResolveError};
+use crate::ssrf::{AddressGuard, BlockedAddress, RefusedIp, ResolveError};
 
 /// Why an endpoint URL is refused. Messages are meant for the customer who wrote the URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,8 +65,9 @@ pub enum UrlError {
         refused: RefusedIp,
     },
     /// The host is a name that resolves only to refused addresses ([`check_endpoint`] only).
+    /// The message names the rule, not the addresses ([`BlockedAddress::detail`] has them).
     #[error("the endpoint {0}")]
-    BlockedName(String),
+    BlockedName(BlockedAddress),
     /// The host is a name that does not resolve ([`check_endpoint`] only).
     #[error("the endpoint host cannot be resolved: {0}")]
     Unresolvable(String),
@@ -92,7 +93,7 @@ pub async fn check_endpoint(url: &str, config: &HttpConfig) -> Result<(), UrlErr
     }
     match guard.resolve(&endpoint.host, endpoint.port).await {
         Ok(_) => Ok(()),
-        Err(ResolveError::Blocked(blocked)) => Err(UrlError::BlockedName(blocked.to_string())),
+        Err(ResolveError::Blocked(blocked)) => Err(UrlError::BlockedName(blocked)),
         Err(error) => Err(UrlError::Unresolvable(error.to_string())),
     }
 }
@@ -403,11 +404,9 @@ mod tests {
             .await
             .expect_err("loopback");
         assert!(matches!(error, UrlError::BlockedName(_)), "{error:?}");
-        assert!(
-            error.to_string().starts_with(
-                "the endpoint localhost resolves only to addresses that are not allowed: "
-            ),
-            "{error}"
+        assert_eq!(
+            error.to_string(),
+            "the endpoint localhost resolves to a loopback address, which is not allowed"
         );
         let error = check_endpoint("https://no-such-host.invalid/", &strict)
             .await

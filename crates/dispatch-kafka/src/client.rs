@@ -24,6 +24,24 @@ pub struct KafkaConfig {
     pub librdkafka: BTreeMap<String, String>,
     /// How long admin and metadata requests may take.
     pub request_timeout_ms: u64,
+    /// This process's identity in its consumer groups: with it, the fan-out's and the sender's
+    /// consumers are *static* members (`group.instance.id`), so a process restarted under the
+    /// same identity (a `kill -9`, a crash, a container restart) takes its partitions back at
+    /// once instead of waiting for the broker to expire its previous incarnation. It must be
+    /// unique among the processes of each group and stable across restarts of the same one
+    /// (on Kubernetes: the pod name, which the Helm chart sets). Two processes with one identity
+    /// fence each other: the older one exits. Each role appends its name (`<id>-sender`,
+    /// `<id>-fanout`), so the roles of `dispatchd all` share one identity. Unset (the default):
+    /// dynamic membership — deliberately not derived from the host name, because two processes
+    /// on one host (development, tests, a scale-out on one machine) would then fence each other.
+    pub instance_id: Option<String>,
+    /// `session.timeout.ms` of the fan-out's and the sender's consumers, in milliseconds: how
+    /// long the broker keeps the partitions of a member it no longer hears from. A static
+    /// member does not leave its group on shutdown, so this is also how long the partitions of
+    /// a stopped (SIGTERM) process that does not come back wait before they move (see
+    /// docs/operations.md). At least the broker's `group.min.session.timeout.ms` (6 s by
+    /// default).
+    pub session_timeout_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -33,6 +51,8 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             librdkafka: BTreeMap::new(),
             request_timeout_ms: 30_000,
+            instance_id: None,
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -67,7 +87,51 @@ impl KafkaConfig {
         if self.request_timeout_ms == 0 {
             return Err("kafka.request_timeout_ms: must be positive".to_owned());
         }
+        if let Some(id) = &self.instance_id {
+            // group.instance.id is a broker-side name: keep it printable and short.
+            let valid = !id.is_empty()
+                && id.len() <= 200
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !valid {
+                return Err(format!(
+                    "kafka.instance_id: {id:?} must be 1 to 200 characters of A-Z a-z 0-9 . _ -"
+                ));
+            }
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return Err(format!(
+                "kafka.session_timeout_ms: must be between 1000 and 300000, got {}",
+                self.session_timeout_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// The `group.instance.id` of `role`'s consumer, when membership is static.
+    pub fn group_instance_id(&self, role: &str) -> Option<String> {
+        self.instance_id.as_ref().map(|id| format!("{id}-{role}"))
+    }
+
+    /// A librdkafka configuration for a member of consumer group `group_id` run by `role`
+    /// (`fanout`, `sender`): [`KafkaConfig::client_config`] plus the group, the session timeout
+    /// and, with an instance id, static membership.
+    pub fn group_member_config(&self, group_id: &str, role: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group_id)
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            // librdkafka's default heartbeat (3 s) is meant for a 45 s session; a third of the
+            // session keeps two heartbeats' slack inside it.
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 3).max(500).to_string(),
+            );
+        if let Some(instance) = self.group_instance_id(role) {
+            config.set("group.instance.id", instance);
+        }
+        config
     }
 
     /// The request timeout as a duration.
@@ -124,6 +188,17 @@ pub(crate) fn retry_transient<T>(
     }
 }
 
+/// Errors after which a client is unusable: librdkafka's fatal error (raised, for a consumer,
+/// when a static member is fenced by another with the same `group.instance.id`), a fenced
+/// producer or member.
+pub fn is_fatal(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::Fatal | Code::Fenced | Code::FencedInstanceId)
+    )
+}
+
 /// Errors that go away once partition leadership settles.
 pub(crate) fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::error::RDKafkaErrorCode as Code;
@@ -165,6 +240,49 @@ mod tests {
                 .expect_err("space")
                 .starts_with("kafka.topic_prefix")
         );
+    }
+
+    #[test]
+    fn static_membership_needs_a_valid_identity_and_adds_the_role() {
+        let config = KafkaConfig {
+            instance_id: Some("pod-7".to_owned()),
+            ..KafkaConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let member = config.group_member_config("dispatch-sender", "sender");
+        assert_eq!(member.get("group.id"), Some("dispatch-sender"));
+        assert_eq!(member.get("group.instance.id"), Some("pod-7-sender"));
+        assert_eq!(member.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(
+            config.group_instance_id("fanout").as_deref(),
+            Some("pod-7-fanout")
+        );
+        for bad in ["", "two words", "a/b"] {
+            let config = KafkaConfig {
+                instance_id: Some(bad.to_owned()),
+                ..KafkaConfig::default()
+            };
+            assert!(
+                config
+                    .validate()
+                    .expect_err(bad)
+                    .starts_with("kafka.instance_id"),
+                "{bad:?}"
+            );
+        }
+        let config = KafkaConfig {
+            session_timeout_ms: 10,
+            ..KafkaConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .expect_err("too short")
+                .starts_with("kafka.session_timeout_ms")
+        );
+        // No identity: dynamic membership.
+        let member = KafkaConfig::default().group_member_config("g", "fanout");
+        assert_eq!(member.get("group.instance.id"), None);
     }
 
     #[test]

@@ -36,7 +36,18 @@ pub struct TopicSettings {
     pub dlq_retention_ms: u64,
     /// Dedicated delivery lanes: each becomes `dispatch.deliveries.<lane>`.
     pub lanes: Vec<String>,
+    /// Lets `topics ensure` create topics with `replication_factor` below
+    /// [`SAFE_REPLICATION_FACTOR`] or `min_insync_replicas` unset or below
+    /// [`SAFE_MIN_INSYNC_REPLICAS`] — topics that one broker failure can lose acknowledged
+    /// records from. For a single development broker only. Default false.
+    pub allow_unsafe_durability: bool,
 }
+
+/// The least replication factor `topics ensure` accepts unless `allow_unsafe_durability`.
+pub const SAFE_REPLICATION_FACTOR: i32 = 3;
+/// The least `min.insync.replicas` `topics ensure` accepts unless `allow_unsafe_durability`:
+/// with `acks=all`, a write is then on two brokers before it is acknowledged.
+pub const SAFE_MIN_INSYNC_REPLICAS: i32 = 2;
 
 impl Default for TopicSettings {
     fn default() -> Self {
@@ -51,11 +62,49 @@ impl Default for TopicSettings {
             retention_ms: SEVEN_DAYS_MS,
             dlq_retention_ms: SEVEN_DAYS_MS,
             lanes: Vec::new(),
+            allow_unsafe_durability: false,
         }
     }
 }
 
 impl TopicSettings {
+    /// Whether topics made from these settings keep every acknowledged record through the loss
+    /// of one broker: replication factor at least [`SAFE_REPLICATION_FACTOR`] and
+    /// `min.insync.replicas` at least [`SAFE_MIN_INSYNC_REPLICAS`], unless
+    /// `allow_unsafe_durability` says the operator knows they do not. `topics ensure` refuses
+    /// to create topics otherwise; the error says what is wrong and how to allow it.
+    pub fn check_durability(&self) -> Result<(), String> {
+        if self.allow_unsafe_durability {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        if self.replication_factor < SAFE_REPLICATION_FACTOR {
+            problems.push(format!(
+                "topics.replication_factor is {}, below {SAFE_REPLICATION_FACTOR}",
+                self.replication_factor
+            ));
+        }
+        match self.min_insync_replicas {
+            None => problems.push(
+                "topics.min_insync_replicas is not set (the broker default, usually 1, acknowledges a write held by one broker only)".to_owned(),
+            ),
+            Some(min_isr) if min_isr < SAFE_MIN_INSYNC_REPLICAS => problems.push(format!(
+                "topics.min_insync_replicas is {min_isr}, below {SAFE_MIN_INSYNC_REPLICAS}"
+            )),
+            Some(_) => {}
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to create topics that the loss of one broker can lose acknowledged records from: {}. \
+             In production set `replication_factor = {SAFE_REPLICATION_FACTOR}` and `min_insync_replicas = {SAFE_MIN_INSYNC_REPLICAS}` under [topics]; \
+             on a single development broker allow it explicitly with `allow_unsafe_durability = true` under [topics] \
+             (or DISPATCH_TOPICS__ALLOW_UNSAFE_DURABILITY=true)",
+            problems.join("; ")
+        ))
+    }
+
     /// Checks the settings, naming the first bad key.
     pub fn validate(&self) -> Result<(), String> {
         let counts = [
@@ -376,5 +425,41 @@ mod tests {
                 .starts_with("topics.min_insync_replicas")
         );
         assert!(TopicSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn durability_below_production_is_refused_unless_allowed() {
+        let single = TopicSettings::default();
+        let error = single
+            .check_durability()
+            .expect_err("replication 1, no min ISR");
+        assert!(
+            error.contains("topics.replication_factor is 1, below 3")
+                && error.contains("topics.min_insync_replicas is not set")
+                && error.contains("allow_unsafe_durability = true"),
+            "{error}"
+        );
+        let low_isr = TopicSettings {
+            replication_factor: 3,
+            min_insync_replicas: Some(1),
+            ..TopicSettings::default()
+        };
+        let error = low_isr.check_durability().expect_err("min ISR 1");
+        assert!(
+            error.contains("topics.min_insync_replicas is 1, below 2")
+                && !error.contains("replication_factor is"),
+            "{error}"
+        );
+        let production = TopicSettings {
+            replication_factor: 3,
+            min_insync_replicas: Some(2),
+            ..TopicSettings::default()
+        };
+        assert_eq!(production.check_durability(), Ok(()));
+        let allowed = TopicSettings {
+            allow_unsafe_durability: true,
+            ..TopicSettings::default()
+        };
+        assert_eq!(allowed.check_durability(), Ok(()));
     }
 }

@@ -18,11 +18,10 @@ use dispatch_proto::dispatch::v1::{
     AttemptOutcome, AttemptRecord, AttemptSummary, DeadLetter, DeliveryTask, NextAction,
     Subscription,
 };
-use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use tracing::{info, warn};
+
+use crate::writes::{KafkaWrites, classify};
 
 /// Everything an attempt needs, shared by all attempt tasks of a sender.
 #[derive(Clone)]
@@ -31,8 +30,9 @@ pub struct AttemptContext {
     pub client: WebhookClient,
     /// The retry schedule.
     pub schedule: RetrySchedule,
-    /// Idempotent `acks=all` producer for attempts, retries, dead letters.
-    pub producer: FutureProducer,
+    /// Every Kafka write of the sender (attempts, retries, dead letters, quarantine): an
+    /// idempotent `acks=all` producer behind classified errors, capping and backoff.
+    pub writes: KafkaWrites,
     /// Topic names.
     pub names: TopicNames,
     /// Writes the disabled state after a 410.
@@ -116,12 +116,9 @@ pub async fn deliver(
         };
         task.attempts.push(summary);
         let attempts_topic = ctx.names.attempts();
-        let attempt_sent = produce(
-            ctx,
-            &attempts_topic,
-            &task.subscription_id,
-            record.encode_to_vec(),
-        );
+        let attempt_sent = ctx
+            .writes
+            .write_record(&attempts_topic, &task.subscription_id, record);
 
         match decision {
             Decision::Delivered => {
@@ -151,12 +148,9 @@ pub async fn deliver(
                 next.attempt = next_attempt;
                 next.not_before = Some(timestamp::from_system_time(not_before));
                 let tier_topic = ctx.names.retry_tier(&tier);
-                let retry_sent = produce(
-                    ctx,
-                    &tier_topic,
-                    &task.subscription_id,
-                    next.encode_to_vec(),
-                );
+                let retry_sent = ctx
+                    .writes
+                    .write_record(&tier_topic, &task.subscription_id, next);
                 tokio::join!(attempt_sent, retry_sent);
                 metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier).increment(1);
                 return DeliveryEnd::Failed;
@@ -202,13 +196,9 @@ pub async fn dead_letter(
         reason,
         dead_at: Some(timestamp::from_system_time(at)),
     };
-    produce(
-        ctx,
-        &ctx.names.dlq(),
-        &task.delivery_id,
-        letter.encode_to_vec(),
-    )
-    .await;
+    ctx.writes
+        .write_record(&ctx.names.dlq(), &task.delivery_id, letter)
+        .await;
     metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
 }
 
@@ -312,23 +302,16 @@ pub fn outcome_label(outcome: AttemptOutcome) -> &'static str {
     }
 }
 
-/// Produces until Kafka acknowledges. A record the sender owes (attempt, retry, dead letter) is
-/// never given up: the source offset stays unfinished until it is in, so a broker outage
-/// delays deliveries but loses none.
+/// Produces already-encoded bytes until Kafka acknowledges them (classified errors, backoff,
+/// counted; see [`crate::writes`]). A record the sender owes is never given up: the source
+/// offset stays unfinished until it is in, so a broker outage delays deliveries but loses none.
+/// Prefer [`KafkaWrites::write_record`], which can also cap a record too large for its topic.
 pub async fn produce(ctx: &AttemptContext, topic: &str, key: &str, value: Vec<u8>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let record = FutureRecord::to(topic).key(key).payload(&value);
-        match ctx.producer.send(record, Timeout::Never).await {
-            Ok(_) => return,
-            Err((error, _)) => {
-                warn!(%error, topic, "produce failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    ctx.writes.write_bytes(topic, key, value).await;
 }
+
+/// Tries of the disable write after a 410; past them the next 410 disables it.
+const DISABLE_TRIES: u32 = 5;
 
 /// Writes the subscription back disabled, with the reason, at the next version. A concurrent
 /// update wins (the fold rejects ours); the next 410 disables it then.
@@ -338,10 +321,34 @@ async fn disable_subscription(ctx: &AttemptContext, subscription: &Subscription,
     disabled.disabled_reason = format!("disabled by the sender: {reason}");
     disabled.version = subscription.version + 1;
     disabled.updated_at = Some(timestamp::from_system_time(SystemTime::now()));
-    match ctx.subscriptions.put(&disabled).await {
-        Ok(_) => info!(subscription_id = %subscription.id, "subscription disabled after 410 Gone"),
-        Err(error) => {
-            warn!(%error, subscription_id = %subscription.id, "could not disable the subscription")
+    // Bounded: the dead letter is already written, so nothing is lost if this never goes
+    // through, and the next delivery that meets the 410 writes it again.
+    let mut backoff = Duration::from_millis(200);
+    for tries in 1..=DISABLE_TRIES {
+        match ctx.subscriptions.put(&disabled).await {
+            Ok(_) => {
+                info!(subscription_id = %subscription.id, "subscription disabled after 410 Gone");
+                return;
+            }
+            Err(error) => {
+                let reason = match &error {
+                    dispatch_kafka::Error::Request { source, .. }
+                    | dispatch_kafka::Error::Client(source) => classify(source).reason,
+                    _ => "other",
+                };
+                metrics::counter!(
+                    names::SENDER_PRODUCE_FAILURES_TOTAL,
+                    "topic" => "dispatch.subscriptions",
+                    "reason" => reason,
+                )
+                .increment(1);
+                warn!(%error, subscription_id = %subscription.id, tries, "could not disable the subscription");
+                if matches!(error, dispatch_kafka::Error::InvalidSubscription(_)) {
+                    return;
+                }
+            }
         }
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
     }
 }

@@ -44,13 +44,11 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::attempt::{self, AttemptContext, DeliveryEnd};
 use crate::endpoint::{EndpointConfig, EndpointLimits, EndpointQueue};
@@ -139,6 +137,8 @@ struct SharedOffsets {
     running: HashMap<(String, i32), usize>,
     /// Partitions revoked since the loop last looked; it purges their queued records.
     revoked: Vec<(String, i32)>,
+    /// Assigned partitions whose resume failed in the rebalance callback; the loop retries.
+    resume_failed: Vec<(String, i32)>,
 }
 
 /// The consumer's context: rebalance handling.
@@ -229,7 +229,14 @@ impl ConsumerContext for SenderContext {
             // nothing would ever resume it (a test of a held tier record across two rebalances
             // caught exactly that).
             if let Err(error) = consumer.resume(partitions) {
-                warn!(%error, "resuming assigned partitions failed");
+                // Left paused they would never be read again: the loop retries.
+                warn!(%error, "resuming assigned partitions failed; retrying");
+                lock(&self.shared).resume_failed.extend(
+                    partitions
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
             }
             info!(partitions = partitions.count(), "partitions assigned");
         }
@@ -250,6 +257,21 @@ struct Pending {
 struct Held {
     pending: Pending,
     due: SystemTime,
+    /// Seeks past it that failed in a row; the next one is tried after a backoff.
+    seek_failures: u32,
+}
+
+/// First pause before a failed seek after a hold is tried again; it doubles up to
+/// [`SEEK_RETRY_MAX`].
+const SEEK_RETRY_START: Duration = Duration::from_millis(200);
+/// Longest pause between seeks of a held partition.
+const SEEK_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before the next seek after `failures` failed ones in a row.
+fn seek_retry_delay(failures: u32) -> Duration {
+    SEEK_RETRY_START
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(SEEK_RETRY_MAX)
 }
 
 /// An attempt task reporting back.
@@ -300,9 +322,34 @@ pub struct Engine {
     held: HashMap<(String, i32), Held>,
     /// Partitions paused because their uncommitted window is full.
     window_paused: HashSet<(String, i32)>,
+    /// Partitions to resume whose resume failed; retried every turn of the loop.
+    resume_retries: HashSet<(String, i32)>,
     semaphore: Arc<Semaphore>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
+    /// Test-only: seeks and pauses that fail as if librdkafka had refused them.
+    #[cfg(feature = "test-seams")]
+    injected_faults: Arc<InjectedFaults>,
+}
+
+/// Test-only seam (feature `test-seams`, never enabled by `dispatchd`): failures of the
+/// consumer calls that decide which offsets are read again, on demand. Each call of the kind
+/// takes one from its counter and fails while it is positive.
+#[cfg(feature = "test-seams")]
+#[derive(Debug, Default)]
+pub struct InjectedFaults {
+    /// Seeks after a hold still to fail.
+    pub seek_failures: std::sync::atomic::AtomicU32,
+    /// Pauses for a hold still to fail.
+    pub pause_failures: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(feature = "test-seams")]
+fn take_injected(counter: &std::sync::atomic::AtomicU32) -> bool {
+    use std::sync::atomic::Ordering;
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl std::fmt::Debug for Engine {
@@ -325,8 +372,8 @@ impl Engine {
     ) -> Result<Self> {
         let shared = Arc::new(Mutex::new(SharedOffsets::default()));
         let consumer: StreamConsumer<SenderContext> = kafka
-            .client_config()
-            .set("group.id", &config.group_id)
+            // Static membership and the session timeout: see KafkaConfig::instance_id.
+            .group_member_config(&config.group_id, "sender")
             // Offsets are stored by us when a record is finished and committed by librdkafka
             // periodically, plus synchronously on revoke and shutdown.
             .set("enable.auto.commit", "true")
@@ -387,9 +434,49 @@ impl Engine {
             last_sweep: Instant::now(),
             held: HashMap::new(),
             window_paused: HashSet::new(),
+            resume_retries: HashSet::new(),
             completions_tx,
             completions,
+            #[cfg(feature = "test-seams")]
+            injected_faults: Arc::default(),
         })
+    }
+
+    /// Test-only seam (feature `test-seams`, never enabled by `dispatchd`): set its counters to
+    /// make the next seeks or pauses of a hold fail.
+    #[cfg(feature = "test-seams")]
+    pub fn injected_faults(&self) -> Arc<InjectedFaults> {
+        Arc::clone(&self.injected_faults)
+    }
+
+    /// Pauses `topic`/`partition` to hold a record.
+    fn pause_for_hold(&self, topic: &str, partition: i32) -> std::result::Result<(), KafkaError> {
+        #[cfg(feature = "test-seams")]
+        if take_injected(&self.injected_faults.pause_failures) {
+            return Err(KafkaError::PauseResume("injected by a test".to_owned()));
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        self.consumer.pause(&list)
+    }
+
+    /// Seeks `topic`/`partition` to `offset` (the record after a held one).
+    fn seek_past_hold(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> std::result::Result<(), KafkaError> {
+        #[cfg(feature = "test-seams")]
+        if take_injected(&self.injected_faults.seek_failures) {
+            return Err(KafkaError::Seek("injected by a test".to_owned()));
+        }
+        self.consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        )
     }
 
     /// Runs until `shutdown` is cancelled, then drains in-flight attempts (until the drain
@@ -410,12 +497,20 @@ impl Engine {
                             self.on_record(pending, tier_record);
                         }
                     }
+                    // A fatal consumer error (e.g. fenced: another process joined with this
+                    // one's kafka.instance_id) leaves a consumer that never fetches again:
+                    // exit, so the supervisor restarts or the operator fixes the identity.
+                    Err(error) if dispatch_kafka::client::is_fatal(&error) => {
+                        error!(%error, "fatal consumer error; exiting");
+                        return Err(Error::Kafka(error));
+                    }
                     Err(error) => warn!(%error, "consumer error"),
                 },
                 () = sleep_until(wake) => self.mark_waiting_endpoints(),
             }
             self.purge_revoked();
             self.release_due();
+            self.retry_resumes();
             self.dispatch_ready();
             self.resume_windows();
         }
@@ -505,22 +600,11 @@ impl Engine {
                 },
                 None,
             );
-            loop {
-                let mut record = FutureRecord::<[u8], [u8]>::to(&invalid).headers(headers.clone());
-                if let Some(key) = &key {
-                    record = record.key(key);
-                }
-                if let Some(value) = &value {
-                    record = record.payload(value);
-                }
-                match ctx.producer.send(record, Timeout::Never).await {
-                    Ok(_) => break,
-                    Err((error, _)) => {
-                        warn!(%error, "quarantine produce failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+            // Until it is in (a value too large for dispatch.invalid is cut and marked): the
+            // offset is finished only then.
+            ctx.writes
+                .write_quarantined(&invalid, key.as_deref(), value.as_deref(), headers)
+                .await;
             finish(&shared, &consumer, &topic, partition, offset);
         });
     }
@@ -536,18 +620,33 @@ impl Engine {
         {
             // Hold the head of this tier partition until it is due.
             let key = (pending.topic.clone(), pending.partition);
-            let mut list = TopicPartitionList::new();
-            list.add_partition(&pending.topic, pending.partition);
-            if let Err(error) = self.consumer.pause(&list) {
-                warn!(%error, "pause failed");
+            if let Err(error) = self.pause_for_hold(&pending.topic, pending.partition) {
+                // Still correct: records fetched past the held one are dropped (see `take`) and
+                // read again after the seek that ends the hold — which is why a failed seek
+                // must never resume the partition (see `release_due`).
+                warn!(%error, topic = %pending.topic, partition = pending.partition, "pause for a hold failed");
             }
-            self.held.insert(key, Held { pending, due });
+            self.held.insert(
+                key,
+                Held {
+                    pending,
+                    due,
+                    seek_failures: 0,
+                },
+            );
             return;
         }
         self.accept(pending);
     }
 
     /// Releases held tier records that are due: seek back to just after them, resume.
+    ///
+    /// A partition whose seek failed is never resumed: librdkafka would continue after the
+    /// last record it handed over, past those dropped while the partition was paused, and the
+    /// next stored offset would commit past them. It stays paused and held instead (records
+    /// after the held one keep being dropped, and the held one, taken but unfinished, keeps the
+    /// commit position at or below it), and the seek is tried again after a backoff. A revoke
+    /// meanwhile forgets the hold; the next owner reads from the committed offset.
     fn release_due(&mut self) {
         let now = SystemTime::now();
         let due: Vec<(String, i32)> = self
@@ -557,25 +656,58 @@ impl Engine {
             .map(|(key, _)| key.clone())
             .collect();
         for key in due {
-            let Some(held) = self.held.remove(&key) else {
+            let Some(mut held) = self.held.remove(&key) else {
                 continue;
             };
             let (topic, partition) = key;
             // Pause came before; seek before resume, so fetched-and-dropped records are read again.
-            if let Err(error) = self.consumer.seek(
-                &topic,
-                partition,
-                Offset::Offset(held.pending.offset + 1),
-                Duration::from_secs(5),
-            ) {
-                warn!(%error, topic, partition, "seek after hold failed");
+            if let Err(error) = self.seek_past_hold(&topic, partition, held.pending.offset + 1) {
+                held.seek_failures += 1;
+                let retry_in = seek_retry_delay(held.seek_failures);
+                warn!(
+                    %error,
+                    topic,
+                    partition,
+                    failures = held.seek_failures,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "seek after a hold failed; the partition stays paused and held until a seek succeeds"
+                );
+                held.due = now + retry_in;
+                self.held.insert((topic, partition), held);
+                continue;
             }
             let mut list = TopicPartitionList::new();
             list.add_partition(&topic, partition);
             if let Err(error) = self.consumer.resume(&list) {
-                warn!(%error, "resume failed");
+                // Still paused: nothing is skipped, but nothing more is read until a resume
+                // succeeds, so it is retried on every turn of the loop.
+                warn!(%error, topic, partition, "resume after a hold failed; retrying");
+                self.resume_retries.insert((topic.clone(), partition));
             }
             self.accept(held.pending);
+        }
+    }
+
+    /// Resumes partitions whose resume failed (after a hold, or on assignment), unless they are
+    /// paused for a reason of ours again.
+    fn retry_resumes(&mut self) {
+        let failed = std::mem::take(&mut lock(&self.shared).resume_failed);
+        self.resume_retries.extend(failed);
+        if self.resume_retries.is_empty() {
+            return;
+        }
+        let keys: Vec<(String, i32)> = self.resume_retries.drain().collect();
+        for key in keys {
+            if self.held.contains_key(&key) || self.window_paused.contains(&key) {
+                // Its hold or window resumes it.
+                continue;
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&key.0, key.1);
+            if let Err(error) = self.consumer.resume(&list) {
+                debug!(%error, topic = %key.0, partition = key.1, "resume failed again");
+                self.resume_retries.insert(key);
+            }
         }
     }
 
@@ -1026,7 +1158,9 @@ impl Engine {
             .filter_map(|endpoint| endpoint.queue.ready_at(now));
         // The idle sweep needs a turn now and then even when nothing else happens.
         let sweep = (!self.endpoints.is_empty()).then_some(self.last_sweep + SWEEP_INTERVAL);
-        held.chain(endpoints).chain(sweep).min()
+        // A failed resume is tried again within a second even if nothing else wakes the loop.
+        let resume_retry = (!self.resume_retries.is_empty()).then(|| now + Duration::from_secs(1));
+        held.chain(endpoints).chain(sweep).chain(resume_retry).min()
     }
 
     /// Drops queued and held records of partitions revoked meanwhile: their next owner reads
@@ -1046,6 +1180,7 @@ impl Engine {
         self.held.retain(|key, _| !revoked.contains(key));
         // Our pauses of revoked partitions end with them (an assigned partition is resumed).
         self.window_paused.retain(|key| !revoked.contains(key));
+        self.resume_retries.retain(|key| !revoked.contains(key));
         for id in self.waiting.iter() {
             let Some(endpoint) = self.endpoints.get_mut(id) else {
                 continue;

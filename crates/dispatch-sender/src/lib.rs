@@ -12,6 +12,8 @@
 //! - [`endpoint`]: per-subscription queue, in-flight limit, rate limit and circuit breaker.
 //! - [`circuit`]: the per-endpoint circuit breaker (closed, open for a cool-down, one probe).
 //! - [`rate`]: the per-endpoint rate limit (GCRA on the caller's clock).
+//! - [`writes`]: every Kafka write of the sender: produce errors classified, records capped to
+//!   fit their topic, failing writes retried with backoff, counted and shown in `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
@@ -21,6 +23,7 @@ pub mod engine;
 pub mod not_sent;
 pub mod offsets;
 pub mod rate;
+pub mod writes;
 
 /// What stops the sender.
 #[derive(Debug, thiserror::Error)]

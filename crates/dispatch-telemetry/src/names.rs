@@ -32,6 +32,11 @@ pub const FANOUT_TRANSACTIONS_TOTAL: &str = "dispatch_fanout_transactions_total"
 pub const FANOUT_BATCH_RECORDS: &str = "dispatch_fanout_batch_records";
 /// Histogram: seconds from `send_offsets_to_transaction` to a finished `commit_transaction`.
 pub const FANOUT_COMMIT_DURATION_SECONDS: &str = "dispatch_fanout_commit_duration_seconds";
+/// Counter, label `call` (`begin` | `produce` | `send_offsets` | `commit` | `abort`):
+/// transactional calls made again after an error librdkafka calls retriable.
+pub const FANOUT_TRANSACTION_RETRIES_TOTAL: &str = "dispatch_fanout_transaction_retries_total";
+/// Counter: consumers recreated because a rewind after an abort failed.
+pub const FANOUT_CONSUMER_RECREATED_TOTAL: &str = "dispatch_fanout_consumer_recreated_total";
 
 // --- sender -------------------------------------------------------------------------------------
 
@@ -57,6 +62,8 @@ pub const SENDER_TRACKED_ENDPOINTS: &str = "dispatch_sender_tracked_endpoints";
 pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_total";
 /// Counter, label `reason`: deliveries not attempted because the subscription was deleted or disabled.
 pub const SENDER_SKIPPED_TOTAL: &str = "dispatch_sender_skipped_total";
+/// Counter, labels `topic`, `reason` (topic without prefix): failed produces of the sender's records (attempts, retry tiers, DLQ, quarantine, subscription disable); each is retried, none dropped.
+pub const SENDER_PRODUCE_FAILURES_TOTAL: &str = "dispatch_sender_produce_failures_total";
 
 // --- topic folds (the admin API's delivery history and dead letters) ------------------------------
 
@@ -193,6 +200,20 @@ pub const CATALOGUE: &[MetricSpec] = &[
         help: "Seconds from sending offsets to the transaction to a finished commit.",
     },
     MetricSpec {
+        name: FANOUT_TRANSACTION_RETRIES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "calls",
+        labels: &["call"],
+        help: "Fan-out transactional calls made again after a retriable error.",
+    },
+    MetricSpec {
+        name: FANOUT_CONSUMER_RECREATED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "consumers",
+        labels: &[],
+        help: "Fan-out consumers recreated because a rewind after an abort failed.",
+    },
+    MetricSpec {
         name: SENDER_ATTEMPTS_TOTAL,
         kind: MetricKind::Counter,
         unit: "attempts",
@@ -268,6 +289,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "deliveries",
         labels: &["reason"],
         help: "Deliveries not attempted because the subscription was deleted or disabled.",
+    },
+    MetricSpec {
+        name: SENDER_PRODUCE_FAILURES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "records",
+        labels: &["topic", "reason"],
+        help: "Failed produces of the sender's records (attempts, retry tiers, DLQ, quarantine, subscription disable); each is retried, none dropped.",
     },
     MetricSpec {
         name: FOLD_RECORDS_INVALID_TOTAL,

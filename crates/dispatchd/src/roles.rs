@@ -16,6 +16,7 @@ use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::{TopicNames, topic_specs};
 use dispatch_sender::attempt::AttemptContext;
 use dispatch_sender::engine::Engine;
+use dispatch_sender::writes::{self, KafkaWrites};
 use dispatch_telemetry::Health;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -209,10 +210,13 @@ async fn build_fanout(config: &ValidConfig, foundation: &Foundation) -> anyhow::
 /// Builds the delivery engine on the process's view.
 fn build_sender(config: &ValidConfig, foundation: &Foundation) -> anyhow::Result<RoleRun> {
     let kafka = &config.config.kafka;
+    let writes = KafkaWrites::new(kafka).context("sender's producer")?;
+    // Not ready while a write keeps failing: its delivery's source offset stays unfinished.
+    writes.report_readiness(foundation.health.component(writes::READINESS_COMPONENT));
     let ctx = AttemptContext {
         client: WebhookClient::new(&config.config.http).context("webhook client")?,
         schedule: config.retry.clone(),
-        producer: kafka.reliable_producer()?,
+        writes,
         names: TopicNames::new(kafka.topic_prefix.clone()),
         subscriptions: Arc::new(SubscriptionWriter::new(kafka)?),
     };

@@ -6,6 +6,7 @@ use clap::Args;
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::topics::{TopicNames, topic_specs};
 
+use crate::EXIT_INVALID;
 use crate::config::ValidConfig;
 
 /// Flags of `topics ensure`.
@@ -20,8 +21,16 @@ pub struct EnsureArgs {
 /// Exit code of `--strict` when drift was found.
 const EXIT_DRIFT: u8 = 3;
 
-/// Creates what is missing, reports drift; prints one line per topic.
+/// Refuses settings below production durability unless allowed
+/// (`TopicSettings::check_durability`), then creates what is missing, reports drift; prints one
+/// line per topic.
 pub async fn ensure(config: &ValidConfig, args: &EnsureArgs) -> anyhow::Result<ExitCode> {
+    // Before any I/O: nothing is created with settings that could lose acknowledged records,
+    // unless the configuration says so explicitly.
+    if let Err(refusal) = config.config.topics.check_durability() {
+        eprintln!("error: {refusal}");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
     let names = TopicNames::new(config.config.kafka.topic_prefix.clone());
     let specs = topic_specs(&names, &config.config.topics, &config.retry_tier_names());
     let admin = TopicAdmin::new(&config.config.kafka)?;

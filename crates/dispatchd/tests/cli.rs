@@ -29,6 +29,8 @@ fn command(prefix: &str, args: &[&str]) -> Command {
         .env("DISPATCH_TOPICS__ATTEMPTS_PARTITIONS", "1")
         .env("DISPATCH_TOPICS__DLQ_PARTITIONS", "1")
         .env("DISPATCH_TOPICS__INVALID_PARTITIONS", "1")
+        // One local broker: replication 1 must be allowed explicitly.
+        .env("DISPATCH_TOPICS__ALLOW_UNSAFE_DURABILITY", "true")
         .env("RUST_LOG", "warn");
     command
 }
@@ -83,6 +85,46 @@ fn topics_ensure_twice_creates_once_then_changes_nothing() {
         second.contains("14 topics: 0 created, 14 already existed, 0 drifted settings"),
         "{second}"
     );
+}
+
+#[test]
+fn topics_ensure_refuses_unsafe_durability_unless_allowed_and_says_how() {
+    let prefix = unique_prefix("cli-durability");
+    let output = command(&prefix, &["topics", "ensure"])
+        .env_remove("DISPATCH_TOPICS__ALLOW_UNSAFE_DURABILITY")
+        .output()
+        .expect("dispatchd runs");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "topics.replication_factor is 1, below 3",
+        "topics.min_insync_replicas is not set",
+        "`replication_factor = 3` and `min_insync_replicas = 2` under [topics]",
+        "`allow_unsafe_durability = true` under [topics]",
+        "DISPATCH_TOPICS__ALLOW_UNSAFE_DURABILITY=true",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing from {stderr}"
+        );
+    }
+    assert_eq!(text(&output.stdout), "", "nothing was created");
+    let admin = dispatch_kafka::admin::TopicAdmin::new(&kafka_config(&prefix)).expect("admin");
+    let shapes = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(admin.topic_shapes())
+        .expect("cluster metadata");
+    assert!(
+        !shapes.keys().any(|topic| topic.starts_with(&prefix)),
+        "a refused ensure created topics: {:?}",
+        shapes
+            .keys()
+            .filter(|topic| topic.starts_with(&prefix))
+            .collect::<Vec<_>>()
+    );
+    // Allowed explicitly, the same settings create the topics.
+    let allowed = ensure_topics(&prefix);
+    assert!(allowed.contains("14 created"), "{allowed}");
 }
 
 #[test]

@@ -140,6 +140,7 @@ delivery_partitions = 2
 attempts_partitions = 1
 dlq_partitions = 1
 invalid_partitions = 1
+allow_unsafe_durability = true
 [retry]
 jitter = 0.0
 [fanout]

@@ -259,9 +259,9 @@ to change and why.
 {{- if lt (mul (int64 .Values.fanout.terminationGracePeriodSeconds) 1000) $transactionMs -}}
 {{- fail (printf "fanout.terminationGracePeriodSeconds (%d s) must be at least config.fanout.transaction_timeout_ms (%d ms): SIGTERM finishes the open transaction first" (int64 .Values.fanout.terminationGracePeriodSeconds) $transactionMs) -}}
 {{- end -}}
-{{- $writeMs := int64 (include "posternity-dispatch.configValue" (dict "root" . "table" "api" "key" "write_timeout_ms" "default" 10000)) -}}
-{{- if le (mul (int64 .Values.api.terminationGracePeriodSeconds) 1000) $writeMs -}}
-{{- fail (printf "api.terminationGracePeriodSeconds (%d s) must exceed config.api.write_timeout_ms (%d ms): requests in flight finish on SIGTERM" (int64 .Values.api.terminationGracePeriodSeconds) $writeMs) -}}
+{{- $requestMs := int64 (include "posternity-dispatch.configValue" (dict "root" . "table" "api" "key" "request_timeout_ms" "default" 30000)) -}}
+{{- if le (mul (int64 .Values.api.terminationGracePeriodSeconds) 1000) $requestMs -}}
+{{- fail (printf "api.terminationGracePeriodSeconds (%d s) must exceed config.api.request_timeout_ms (%d ms): requests in flight finish on SIGTERM, and may take that long" (int64 .Values.api.terminationGracePeriodSeconds) $requestMs) -}}
 {{- end -}}
 {{- if and (not .Values.api.existingSecret) (not .Values.api.tokens) (not .Values.api.generateToken) -}}
 {{- fail "api: no tokens (api.tokens, api.existingSecret, or api.generateToken=true): the API refuses to start without one" -}}
@@ -284,6 +284,13 @@ into one DISPATCH_KAFKA__LIBRDKAFKA inline table; the helper variables must not 
 DISPATCH_, which dispatchd would read as configuration keys), then extraEnv.
 */}}
 {{- define "posternity-dispatch.commonEnv" -}}
+# Static group membership (kafka.instance_id): the pod name is unique and survives a container
+# restart, so a crashed process gets its partitions back at once instead of after the session
+# timeout.
+- name: DISPATCH_KAFKA__INSTANCE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- range $i, $secret := .Values.kafkaSecrets }}
 - name: KAFKA_SECRET_{{ $i }}
   valueFrom:

@@ -8,8 +8,12 @@ pub mod dlq;
 pub mod health;
 pub mod subscriptions;
 
+use std::time::Duration;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -23,7 +27,7 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "Posternity Dispatch admin API",
-        description = "Subscriptions to Posternity's events, their signing secrets, test events, delivery status, the dead-letter queue and the event catalog. Every `/v1` route needs `Authorization: Bearer <token>`; a token scoped to an account sees only that account's data (another account's ids answer 404), an operator token sees every account. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
+        description = "Subscriptions to Posternity's events, their signing secrets, test events, delivery status, the dead-letter queue and the event catalog. Every `/v1` route needs `Authorization: Bearer <token>`; a token scoped to an account sees only that account's data (another account's ids answer 404), an operator token sees every account. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`. Every `/v1` route may also answer 429 `rate_limited` with `Retry-After` (each token has a request rate), and 503 `request_timeout` when a request takes longer than the server allows."
     ),
     modifiers(&BearerAuth),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -90,6 +94,34 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
+        // Inside `observe`, so a request cut off by the timeout is measured and logged too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.0.settings.request_timeout,
+            request_timeout,
+        ))
         .layer(axum::middleware::from_fn(crate::observe::observe))
         .with_state(state)
+}
+
+/// Answers 503 `request_timeout` when the rest of the stack (body read included) has not
+/// answered within `timeout` (`api.request_timeout_ms`); the handler is dropped. A write cut
+/// off here may still have reached the log, which the message says.
+async fn request_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(
+            "request_timeout",
+            format!(
+                "the request did not complete within {} (api.request_timeout_ms); a write may or may not have taken effect, so read it back before repeating it",
+                crate::limits::describe_timeout(timeout)
+            ),
+            1,
+            None,
+        )
+        .into_response(),
+    }
 }

@@ -90,6 +90,7 @@ fn owner(caller: &Caller, requested: Option<String>) -> ApiResult<String> {
                     ("Location" = String, description = "The new subscription's URL"))),
         (status = 400, description = "A value is not acceptable (URL, event type, header, lane, account); `field` names it", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "`quota_exceeded`: the account has as many subscriptions as `api.quotas.max_subscriptions_per_account` allows", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "The body is not declared JSON", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape", body = ErrorBody),
@@ -112,6 +113,12 @@ pub async fn create(
     validate::description(&body.description)?;
     // Last: it may resolve a name.
     let url = validate::url(&body.url, &shared.http).await?;
+    // Counted in this process's view: two creates racing on different instances can both
+    // pass at the limit, so an account may exceed it by the number of concurrent creates.
+    let current = shared
+        .view
+        .read(|table| table.for_account(&account_id).count());
+    shared.quotas.check_new_subscription(&account_id, current)?;
 
     let now = SystemTime::now();
     let (id, secret) = {
@@ -545,6 +552,7 @@ pub async fn get_secret(
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 404, description = "No such subscription (or another account's)", body = ErrorBody),
         (status = 409, description = "The subscription is disabled", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the account sent its test events of the minute (`api.quotas.test_events_per_minute_per_account`); `Retry-After` says when the next one may go", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -558,6 +566,7 @@ pub async fn send_test(
     if !subscription.enabled {
         return Err(disabled(&subscription));
     }
+    shared.quotas.spend_test_event(&subscription.account_id)?;
     let now = SystemTime::now();
     let event = delivery::test_event_for(&subscription, now, &mut rand::rng());
     let body = render::render(&event).map_err(ApiError::internal)?;

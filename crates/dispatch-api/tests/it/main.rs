@@ -7,6 +7,7 @@
 mod auth;
 mod deliveries;
 mod dlq;
+mod limits;
 mod openapi;
 mod secrets;
 mod subscriptions;

@@ -474,3 +474,33 @@ async fn invalid_subscriptions_are_refused_naming_the_field() {
     assert_eq!(api.get(&path, TOKEN_A).await.json()["version"], 1);
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_refusals_name_the_rule_not_the_resolved_addresses() {
+    // The production rules: no allow-list, so `localhost` is refused for what it resolves to.
+    let api = Harness::start_with_http("ssrf", |_| {}, dispatch_http::HttpConfig::default()).await;
+    let body = json!({"url": "https://localhost:8443/hook", "event_types": ["**"]});
+    let refused = api.post("/v1/subscriptions", TOKEN_A, &body).await;
+    refused.assert_error(400, "blocked_url", Some("url"));
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        message,
+        "the endpoint localhost resolves to a loopback address, which is not allowed"
+    );
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("::1"),
+        "{message}"
+    );
+    // A literal address is named: the customer wrote it.
+    let body = json!({"url": "https://10.1.2.3/hook", "event_types": ["**"]});
+    let refused = api.post("/v1/subscriptions", TOKEN_A, &body).await;
+    refused.assert_error(400, "blocked_url", Some("url"));
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "the endpoint address 10.1.2.3 is not allowed: private (RFC 1918)"
+    );
+    api.stop().await;
+}

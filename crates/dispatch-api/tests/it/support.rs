@@ -151,6 +151,8 @@ pub struct Harness {
     pub base: String,
     /// The health the API registered its read models with.
     pub health: Health,
+    /// Where the API listens.
+    pub addr: std::net::SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<dispatch_api::Result<()>>>,
@@ -164,6 +166,21 @@ impl Harness {
 
     /// As [`Harness::start`], with the API configuration adjusted by `tweak`.
     pub async fn start_with(name: &str, tweak: impl FnOnce(&mut ApiConfig)) -> Self {
+        let http = HttpConfig {
+            allow_http: true,
+            allow_addresses: vec!["127.0.0.1/32".to_owned()],
+            ..HttpConfig::default()
+        };
+        Self::start_with_http(name, tweak, http).await
+    }
+
+    /// As [`Harness::start_with`], with these endpoint URL rules (the SSRF guard's allow-list)
+    /// instead of the harness's, which allow `http://127.0.0.1`.
+    pub async fn start_with_http(
+        name: &str,
+        tweak: impl FnOnce(&mut ApiConfig),
+        http: HttpConfig,
+    ) -> Self {
         let prefix = unique_prefix(&format!("api.{name}"));
         let kafka = kafka_config(&prefix);
         let names = TopicNames::new(&prefix);
@@ -214,11 +231,6 @@ impl Harness {
             ..ApiConfig::default()
         };
         tweak(&mut config);
-        let http = HttpConfig {
-            allow_http: true,
-            allow_addresses: vec!["127.0.0.1/32".to_owned()],
-            ..HttpConfig::default()
-        };
         let health = Health::new();
         let api = Api::build(
             &config,
@@ -234,7 +246,8 @@ impl Harness {
         let listener = dispatch_api::bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind port 0");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let addr = listener.local_addr().expect("address");
+        let base = format!("http://{addr}");
         let stop = CancellationToken::new();
         let task = tokio::spawn(api.run(listener, stop.clone()));
         Harness {
@@ -244,6 +257,7 @@ impl Harness {
             names,
             view,
             base,
+            addr,
             health,
             client: Client::builder(TokioExecutor::new()).build_http(),
             stop,

@@ -1,0 +1,816 @@
+//! The sender's Kafka writes (attempt records, retry-tier tasks, dead letters, quarantined
+//! records): every produce error classified in one place, records that are too large for their
+//! topic capped until they fit (and marked), everything else retried with backoff — never
+//! dropped — while a `/readyz` component and `dispatch_sender_produce_failures_total` show it.
+//!
+//! A write that cannot succeed keeps its delivery's source offset unfinished (the caller
+//! finishes it only after the write returns), so a partition's commit position is *pinned*
+//! behind it until it goes through. That is the safe direction — a stuck write delays, it
+//! never loses — and the reason it must be visible rather than silent.
+//!
+//! What can be fixed from here is fixed: `message too large` learns the topic's
+//! `max.message.bytes` (or, failing that, halves the budget) and caps the record's unbounded
+//! fields — response excerpt, error strings, attempt summaries — never the webhook body, which
+//! a replay needs whole; an `invalid record` is capped to the minimum once. What needs an
+//! operator (a missing topic, a denied ACL) or passes by itself (timeouts, leader changes) is
+//! retried with exponential backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::admin::TopicAdmin;
+use dispatch_proto::dispatch::v1::next_action::Action;
+use dispatch_proto::dispatch::v1::{AttemptRecord, AttemptSummary, DeadLetter, DeliveryTask};
+use dispatch_proto::prost::Message;
+use dispatch_telemetry::{ReadinessFlag, names};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// Header on a record that was capped to fit its topic: the fields that were cut, comma
+/// separated (`response_excerpt,error`, `value` for a quarantined record's bytes).
+pub const HEADER_TRUNCATED: &str = "dispatch-truncated";
+
+/// Appended to a string that was cut, so a reader sees it is not the whole text.
+pub const TRUNCATION_MARK: &str = " …[truncated]";
+
+/// The budget before anything was learned about a topic: librdkafka's own `message.max.bytes`
+/// default, which it enforces before sending.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// What a record needs besides its value under the topic's `max.message.bytes` (which limits
+/// the whole record batch): batch and record headers, the key (an id) and our headers.
+const RECORD_OVERHEAD_BYTES: usize = 512;
+
+/// The smallest value budget capping goes down to; below it only ids and numbers are left.
+const MIN_VALUE_BUDGET_BYTES: usize = 256;
+
+/// Longest error string kept per attempt summary when a task or dead letter is capped.
+const CAPPED_SUMMARY_ERROR_BYTES: usize = 200;
+
+/// First pause before a failed write is tried again; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest pause between tries of a failing write.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The readiness component the sender's writes report under.
+pub const READINESS_COMPONENT: &str = "sender_writes";
+
+/// What a produce error means for the record that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceErrorClass {
+    /// Larger than the topic or the client accepts: cap it and produce it again.
+    TooLarge,
+    /// The broker refuses its contents: cap it to the minimum and produce it again.
+    Rejected,
+    /// Fails until an operator acts (missing topic, denied ACL, broker policy, a fatal
+    /// producer state): retried with backoff, visible meanwhile.
+    NeedsOperator,
+    /// Passes by itself (timeouts, leader elections, a full queue): retried with backoff.
+    Transient,
+}
+
+/// A classified produce error: what to do, and the bounded `reason` label it is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceFailure {
+    /// What to do about it.
+    pub class: ProduceErrorClass,
+    /// Label value of `dispatch_sender_produce_failures_total{reason}`.
+    pub reason: &'static str,
+}
+
+/// Classifies a produce error — the one place that decides what a failed write does next.
+pub fn classify(error: &KafkaError) -> ProduceFailure {
+    use ProduceErrorClass::{NeedsOperator, Rejected, TooLarge, Transient};
+    use RDKafkaErrorCode as Code;
+    let (class, reason) = match error.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => {
+            (TooLarge, "message_too_large")
+        }
+        Some(
+            Code::InvalidRecord
+            | Code::InvalidMessage
+            | Code::InvalidMessageSize
+            | Code::BadMessage
+            | Code::InvalidArgument,
+        ) => (Rejected, "invalid_record"),
+        Some(
+            Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::Authentication,
+        ) => (NeedsOperator, "authorization"),
+        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition) => {
+            (NeedsOperator, "unknown_topic")
+        }
+        Some(Code::PolicyViolation | Code::InvalidRequiredAcks | Code::UnsupportedVersion) => {
+            (NeedsOperator, "refused_by_broker")
+        }
+        Some(Code::Fatal | Code::Fenced | Code::InvalidProducerEpoch) => (NeedsOperator, "fatal"),
+        Some(Code::MessageTimedOut | Code::RequestTimedOut | Code::OperationTimedOut) => {
+            (Transient, "timed_out")
+        }
+        Some(Code::QueueFull) => (Transient, "queue_full"),
+        Some(
+            Code::NotEnoughReplicas | Code::NotEnoughReplicasAfterAppend | Code::ISRInsufficient,
+        ) => (Transient, "not_enough_replicas"),
+        Some(
+            Code::LeaderNotAvailable
+            | Code::NotLeaderForPartition
+            | Code::AllBrokersDown
+            | Code::BrokerTransportFailure
+            | Code::KafkaStorageError,
+        ) => (Transient, "broker_unavailable"),
+        _ => (Transient, "other"),
+    };
+    ProduceFailure { class, reason }
+}
+
+/// The value budget for a topic whose `max.message.bytes` is `topic_limit_bytes`, after a record
+/// of `failed_len_bytes` was refused as too large: the topic's limit less the overhead if that
+/// is below what failed, else half of what failed (the limit is then elsewhere: the client's
+/// `message.max.bytes`, a broker default). Never below [`MIN_VALUE_BUDGET_BYTES`]; `None` when
+/// it would not shrink (capping cannot help any more).
+pub fn next_budget(
+    topic_limit_bytes: Option<usize>,
+    failed_len_bytes: usize,
+    current_budget_bytes: usize,
+) -> Option<usize> {
+    let from_limit = topic_limit_bytes
+        .map(|limit| limit.saturating_sub(RECORD_OVERHEAD_BYTES))
+        .filter(|budget| *budget < failed_len_bytes);
+    let next = from_limit
+        .unwrap_or(failed_len_bytes / 2)
+        .min(current_budget_bytes)
+        .max(MIN_VALUE_BUDGET_BYTES);
+    (next < failed_len_bytes && next < current_budget_bytes).then_some(next)
+}
+
+/// Cuts `text` to at most `max_bytes` (on a character boundary), marked with
+/// [`TRUNCATION_MARK`] (emptied when not even the mark fits); false when it already fit.
+fn cut(text: &mut String, max_bytes: usize) -> bool {
+    if text.len() <= max_bytes {
+        return false;
+    }
+    if max_bytes < TRUNCATION_MARK.len() {
+        text.clear();
+        return true;
+    }
+    let mut end = max_bytes.saturating_sub(TRUNCATION_MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(TRUNCATION_MARK);
+    true
+}
+
+/// Cuts `text` so that a record now `len` bytes long loses at least `excess` bytes, if it can.
+fn cut_by(text: &mut String, excess: usize) -> bool {
+    cut(
+        text,
+        text.len().saturating_sub(excess + TRUNCATION_MARK.len()),
+    )
+}
+
+/// Error strings of attempt summaries cut short, then every summary but the first and the last
+/// dropped (the full history is in `dispatch.attempts`).
+fn cap_summaries(
+    summaries: &mut Vec<AttemptSummary>,
+    fits: impl Fn(&[AttemptSummary]) -> bool,
+    cut_fields: &mut Vec<&'static str>,
+) {
+    if fits(summaries) {
+        return;
+    }
+    let mut any = false;
+    for summary in summaries.iter_mut() {
+        any |= cut(&mut summary.error, CAPPED_SUMMARY_ERROR_BYTES);
+    }
+    if any {
+        cut_fields.push("attempt_errors");
+    }
+    if !fits(summaries) && summaries.len() > 2 {
+        let last = summaries.pop();
+        summaries.truncate(1);
+        summaries.extend(last);
+        cut_fields.push("attempt_summaries");
+    }
+}
+
+/// A record the sender owes, whose unbounded fields can be cut to fit a topic.
+pub trait Cappable: Message + Clone {
+    /// Cuts unbounded fields until the encoded record is at most `budget_bytes` (or nothing is
+    /// left to cut); returns the names of the fields cut, empty when it already fit.
+    fn cap_to(&mut self, budget_bytes: usize) -> Vec<&'static str>;
+}
+
+impl Cappable for AttemptRecord {
+    fn cap_to(&mut self, budget_bytes: usize) -> Vec<&'static str> {
+        let mut cut_fields = Vec::new();
+        let excess = |record: &AttemptRecord| record.encoded_len().saturating_sub(budget_bytes);
+        let over = excess(self);
+        if over > 0 && cut_by(&mut self.response_excerpt, over) {
+            cut_fields.push("response_excerpt");
+        }
+        let over = excess(self);
+        if over > 0 && cut_by(&mut self.error, over) {
+            cut_fields.push("error");
+        }
+        let over = excess(self);
+        if over > 0
+            && let Some(Action::Dead(dead)) = self
+                .next_action
+                .as_mut()
+                .and_then(|next| next.action.as_mut())
+            && cut_by(&mut dead.reason, over)
+        {
+            cut_fields.push("dead_reason");
+        }
+        cut_fields
+    }
+}
+
+impl Cappable for DeliveryTask {
+    fn cap_to(&mut self, budget_bytes: usize) -> Vec<&'static str> {
+        // The body is never cut: the next attempt (or a replay) sends it.
+        let mut cut_fields = Vec::new();
+        let others = self.encoded_len() - summaries_len(&self.attempts);
+        cap_summaries(
+            &mut self.attempts,
+            |summaries| others + summaries_len(summaries) <= budget_bytes,
+            &mut cut_fields,
+        );
+        cut_fields
+    }
+}
+
+impl Cappable for DeadLetter {
+    fn cap_to(&mut self, budget_bytes: usize) -> Vec<&'static str> {
+        // The task's body is never cut: a replay sends it. The reason is cut last: it is what
+        // an operator reads first.
+        let mut cut_fields = Vec::new();
+        if self.encoded_len() <= budget_bytes {
+            return cut_fields;
+        }
+        // The task's own summaries repeat the letter's.
+        if let Some(task) = self.task.as_mut()
+            && !task.attempts.is_empty()
+        {
+            task.attempts.clear();
+            cut_fields.push("task_attempts");
+        }
+        let others = self.encoded_len() - summaries_len(&self.attempts);
+        cap_summaries(
+            &mut self.attempts,
+            |summaries| others + summaries_len(summaries) <= budget_bytes,
+            &mut cut_fields,
+        );
+        let excess = self.encoded_len().saturating_sub(budget_bytes);
+        if excess > 0 && cut_by(&mut self.reason, excess) {
+            cut_fields.push("reason");
+        }
+        cut_fields
+    }
+}
+
+/// Encoded bytes of a repeated summaries field (tag and length prefix included).
+fn summaries_len(summaries: &[AttemptSummary]) -> usize {
+    summaries
+        .iter()
+        .map(|summary| {
+            let len = summary.encoded_len();
+            1 + dispatch_proto::prost::encoding::encoded_len_varint(len as u64) + len
+        })
+        .sum()
+}
+
+/// Cuts raw bytes (a quarantined record's value) to `budget_bytes`.
+pub fn cap_bytes(value: &mut Vec<u8>, budget_bytes: usize) -> Vec<&'static str> {
+    if value.len() <= budget_bytes {
+        return Vec::new();
+    }
+    value.truncate(budget_bytes);
+    vec!["value"]
+}
+
+/// The sender's producer and what it learned about its writes: value budgets per topic, the
+/// writes that are failing now, and the readiness component that shows them. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaWrites {
+    inner: Arc<WritesInner>,
+}
+
+struct WritesInner {
+    producer: FutureProducer,
+    /// Asks a topic's `max.message.bytes` after a record was refused as too large.
+    admin: Option<TopicAdmin>,
+    /// The topic prefix, left out of metric labels.
+    topic_prefix: String,
+    /// Value budgets learned per topic (full name).
+    budgets: Mutex<HashMap<String, usize>>,
+    failing: Mutex<FailingWrites>,
+}
+
+#[derive(Default)]
+struct FailingWrites {
+    next_id: u64,
+    writes: BTreeMap<u64, FailingWrite>,
+    readiness: Option<ReadinessFlag>,
+}
+
+struct FailingWrite {
+    topic: String,
+    error: String,
+    since: Instant,
+}
+
+impl std::fmt::Debug for KafkaWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaWrites")
+            .field("topic_prefix", &self.inner.topic_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every write replaces whole entries; a panic elsewhere leaves nothing half-written.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl KafkaWrites {
+    /// The idempotent `acks=all` producer of `kafka`, and an admin client to learn topic limits.
+    pub fn new(kafka: &KafkaConfig) -> dispatch_kafka::Result<Self> {
+        Ok(Self::with_producer(
+            kafka.reliable_producer()?,
+            Some(TopicAdmin::new(kafka)?),
+            kafka.topic_prefix.clone(),
+        ))
+    }
+
+    /// Writes through `producer`; without `admin`, a too-large record's budget is halved
+    /// instead of learned.
+    pub fn with_producer(
+        producer: FutureProducer,
+        admin: Option<TopicAdmin>,
+        topic_prefix: String,
+    ) -> Self {
+        KafkaWrites {
+            inner: Arc::new(WritesInner {
+                producer,
+                admin,
+                topic_prefix,
+                budgets: Mutex::new(HashMap::new()),
+                failing: Mutex::new(FailingWrites::default()),
+            }),
+        }
+    }
+
+    /// The producer, for writes outside the sender's owed records.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.inner.producer
+    }
+
+    /// Reports through `flag` from now on: not ready while any write keeps failing, with a
+    /// reason naming the topic and the error.
+    pub fn report_readiness(&self, flag: ReadinessFlag) {
+        let mut failing = lock(&self.inner.failing);
+        failing.readiness = Some(flag);
+        failing.update_readiness();
+    }
+
+    /// Topics with a write failing now, and the last error of each (for tests and logs).
+    pub fn failing_topics(&self) -> BTreeMap<String, String> {
+        lock(&self.inner.failing)
+            .writes
+            .values()
+            .map(|write| (write.topic.clone(), write.error.clone()))
+            .collect()
+    }
+
+    /// Produces `record` to `topic` until Kafka acknowledges it, capped to fit if the topic
+    /// refuses it as too large. Never gives up: the caller's source offset stays unfinished
+    /// until this returns.
+    pub async fn write_record<R: Cappable>(&self, topic: &str, key: &str, record: R) {
+        self.write(topic, Some(key.as_bytes()), None, true, |budget| {
+            let mut capped = record.clone();
+            let cut_fields = capped.cap_to(budget);
+            (capped.encode_to_vec(), cut_fields)
+        })
+        .await;
+    }
+
+    /// Produces bytes that cannot be capped (already encoded) until Kafka acknowledges them.
+    pub async fn write_bytes(&self, topic: &str, key: &str, value: Vec<u8>) {
+        // Nothing to cap: a too-large refusal is retried like any other failure (and must not
+        // shrink the budget other writes to the topic are capped to).
+        self.write(topic, Some(key.as_bytes()), None, false, |_| {
+            (value.clone(), Vec::new())
+        })
+        .await;
+    }
+
+    /// Produces a quarantined record (its headers say why and where from) until Kafka
+    /// acknowledges it; a value too large for the topic is cut and marked.
+    pub async fn write_quarantined(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) {
+        self.write(topic, key, Some(headers), true, |budget| {
+            let mut bytes = value.map(<[u8]>::to_vec).unwrap_or_default();
+            let cut_fields = cap_bytes(&mut bytes, budget);
+            (bytes, cut_fields)
+        })
+        .await;
+    }
+
+    /// The produce loop behind every write. `encode` gives the value for a budget and the
+    /// fields it cut to get there; `cappable` says whether a smaller budget can help at all.
+    async fn write(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        cappable: bool,
+        mut encode: impl FnMut(usize) -> (Vec<u8>, Vec<&'static str>),
+    ) {
+        let label = self.label(topic);
+        let mut budget = self.budget(topic);
+        let mut backoff = BACKOFF_START;
+        let mut failing: Option<FailingGuard> = None;
+        loop {
+            let (value, cut_fields) = encode(budget);
+            let cut_list = cut_fields.join(",");
+            let mut record_headers = headers.clone();
+            if !cut_fields.is_empty() {
+                record_headers = Some(record_headers.unwrap_or_default().insert(Header {
+                    key: HEADER_TRUNCATED,
+                    value: Some(cut_list.as_str()),
+                }));
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&value);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if let Some(record_headers) = record_headers {
+                record = record.headers(record_headers);
+            }
+            let error = match self.inner.producer.send(record, Timeout::Never).await {
+                Ok(_) => {
+                    if !cut_fields.is_empty() {
+                        info!(topic, budget, cut = %cut_list, "record capped to fit its topic, then written");
+                    }
+                    return;
+                }
+                Err((error, _)) => error,
+            };
+            let failure = classify(&error);
+            metrics::counter!(
+                names::SENDER_PRODUCE_FAILURES_TOTAL,
+                "topic" => label.clone(),
+                "reason" => failure.reason,
+            )
+            .increment(1);
+            match failure.class {
+                ProduceErrorClass::TooLarge if cappable => {
+                    if let Some(smaller) = self.shrink_budget(topic, value.len(), budget).await {
+                        warn!(%error, topic, bytes = value.len(), budget = smaller, "record too large for its topic; capping it");
+                        budget = smaller;
+                        continue;
+                    }
+                }
+                ProduceErrorClass::Rejected if cappable && budget > MIN_VALUE_BUDGET_BYTES => {
+                    warn!(%error, topic, "record refused by the broker; capping it to the minimum");
+                    budget = MIN_VALUE_BUDGET_BYTES;
+                    continue;
+                }
+                _ => {}
+            }
+            // Nothing to fix from here: wait and try again. The delivery's source offset stays
+            // unfinished meanwhile, so its partition's commit position is held behind it.
+            failing
+                .get_or_insert_with(|| self.start_failing(topic))
+                .failed(&error);
+            warn!(%error, topic, reason = failure.reason, retry_in_ms = backoff.as_millis() as u64, "produce failed; retrying (the source record stays unfinished)");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The metric label of `topic`: its name without the prefix (bounded: our topics only).
+    fn label(&self, topic: &str) -> String {
+        topic
+            .strip_prefix(&self.inner.topic_prefix)
+            .unwrap_or(topic)
+            .to_owned()
+    }
+
+    fn budget(&self, topic: &str) -> usize {
+        lock(&self.inner.budgets)
+            .get(topic)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES - RECORD_OVERHEAD_BYTES)
+    }
+
+    /// A smaller budget for `topic` after `failed_len` bytes were refused as too large, learned
+    /// from the topic's `max.message.bytes` when the broker tells it. Only a budget from the
+    /// topic's limit is remembered for later writes: a halved one is about this record (one
+    /// whose body alone is over the limit must not shrink every later record's budget).
+    async fn shrink_budget(&self, topic: &str, failed_len: usize, budget: usize) -> Option<usize> {
+        let limit = match &self.inner.admin {
+            Some(admin) => match admin.topic_configs(topic).await {
+                Ok(configs) => configs
+                    .get("max.message.bytes")
+                    .cloned()
+                    .flatten()
+                    .and_then(|value| value.parse::<usize>().ok()),
+                Err(error) => {
+                    warn!(%error, topic, "cannot read the topic's max.message.bytes; halving the record budget instead");
+                    None
+                }
+            },
+            None => None,
+        };
+        let next = next_budget(limit, failed_len, budget)?;
+        if limit.is_some_and(|limit| limit.saturating_sub(RECORD_OVERHEAD_BYTES) == next) {
+            lock(&self.inner.budgets).insert(topic.to_owned(), next);
+        }
+        Some(next)
+    }
+
+    fn start_failing(&self, topic: &str) -> FailingGuard {
+        let mut failing = lock(&self.inner.failing);
+        failing.next_id += 1;
+        let id = failing.next_id;
+        failing.writes.insert(
+            id,
+            FailingWrite {
+                topic: topic.to_owned(),
+                error: String::new(),
+                since: Instant::now(),
+            },
+        );
+        FailingGuard {
+            writes: self.clone(),
+            id,
+        }
+    }
+}
+
+impl FailingWrites {
+    fn update_readiness(&self) {
+        let Some(flag) = &self.readiness else {
+            return;
+        };
+        let Some(oldest) = self.writes.values().min_by_key(|write| write.since) else {
+            flag.set_ready(true);
+            return;
+        };
+        let mut topics: Vec<&str> = self
+            .writes
+            .values()
+            .map(|write| write.topic.as_str())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        flag.set_not_ready(format!(
+            "{} write(s) failing, to {}; their source offsets stay unfinished (partitions pinned); oldest to {} for {} s: {}",
+            self.writes.len(),
+            topics.join(", "),
+            oldest.topic,
+            oldest.since.elapsed().as_secs(),
+            oldest.error,
+        ));
+    }
+}
+
+/// One write that is failing; dropping it (success, or the task ended) clears it.
+struct FailingGuard {
+    writes: KafkaWrites,
+    id: u64,
+}
+
+impl FailingGuard {
+    fn failed(&self, error: &KafkaError) {
+        let mut failing = lock(&self.writes.inner.failing);
+        if let Some(write) = failing.writes.get_mut(&self.id) {
+            write.error = error.to_string();
+        }
+        failing.update_readiness();
+    }
+}
+
+impl Drop for FailingGuard {
+    fn drop(&mut self) {
+        let mut failing = lock(&self.writes.inner.failing);
+        if let Some(write) = failing.writes.remove(&self.id) {
+            info!(topic = %write.topic, failing_for_s = write.since.elapsed().as_secs(), "a failing write went through");
+        }
+        failing.update_readiness();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_proto::dispatch::v1::NextAction;
+    use dispatch_proto::dispatch::v1::next_action::Dead;
+
+    fn production(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::MessageProduction(code)
+    }
+
+    #[test]
+    fn size_errors_are_capped_invalid_records_rejected_the_rest_retried() {
+        let class = |code| classify(&production(code));
+        assert_eq!(
+            class(RDKafkaErrorCode::MessageSizeTooLarge),
+            ProduceFailure {
+                class: ProduceErrorClass::TooLarge,
+                reason: "message_too_large"
+            }
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::InvalidRecord).class,
+            ProduceErrorClass::Rejected
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::TopicAuthorizationFailed),
+            ProduceFailure {
+                class: ProduceErrorClass::NeedsOperator,
+                reason: "authorization"
+            }
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::UnknownTopic).reason,
+            "unknown_topic"
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::UnknownTopicOrPartition).class,
+            ProduceErrorClass::NeedsOperator
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::MessageTimedOut),
+            ProduceFailure {
+                class: ProduceErrorClass::Transient,
+                reason: "timed_out"
+            }
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::NotEnoughReplicas).reason,
+            "not_enough_replicas"
+        );
+        assert_eq!(class(RDKafkaErrorCode::QueueFull).reason, "queue_full");
+        // Anything not named is retried, under a bounded label.
+        assert_eq!(
+            classify(&KafkaError::Canceled),
+            ProduceFailure {
+                class: ProduceErrorClass::Transient,
+                reason: "other"
+            }
+        );
+    }
+
+    #[test]
+    fn the_budget_comes_from_the_topic_limit_else_halves_and_stops_shrinking() {
+        // The topic says 2,000 bytes: the budget is that less the overhead.
+        assert_eq!(next_budget(Some(2_000), 5_000, 999_488), Some(1_488));
+        // The topic allows more than what failed (the client's limit refused it): halve.
+        // The topic allows more than what was refused (a batch of several records was too
+        // large, or a broker default applies): halve.
+        assert_eq!(
+            next_budget(Some(1_048_588), 900_000, 999_488),
+            Some(450_000)
+        );
+        // A record that stayed over the budget (its body) cannot be helped by a smaller one
+        // from the same limit.
+        assert_eq!(next_budget(Some(1_048_588), 1_200_000, 999_488), None);
+        assert_eq!(next_budget(None, 10_000, 999_488), Some(5_000));
+        // Already at the floor: capping cannot help any more.
+        assert_eq!(next_budget(Some(100), 256, 256), None);
+        assert_eq!(next_budget(None, 300, 256), None);
+    }
+
+    fn record_with_excerpt(excerpt_bytes: usize) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id: "dlv_1".into(),
+            subscription_id: "sub_1".into(),
+            response_excerpt: "é".repeat(excerpt_bytes / 2),
+            error: "HTTP 500".into(),
+            next_action: Some(NextAction {
+                action: Some(Action::Dead(Dead {
+                    reason: "x".repeat(300),
+                })),
+            }),
+            ..AttemptRecord::default()
+        }
+    }
+
+    #[test]
+    fn an_attempt_record_is_capped_excerpt_first_and_marked() {
+        let mut record = record_with_excerpt(10_000);
+        assert_eq!(record.cap_to(20_000), Vec::<&str>::new(), "fits: untouched");
+        let cut_fields = record.cap_to(2_000);
+        assert_eq!(cut_fields, vec!["response_excerpt"]);
+        assert!(record.encoded_len() <= 2_000, "{}", record.encoded_len());
+        assert!(record.response_excerpt.ends_with(TRUNCATION_MARK));
+        assert_eq!(record.error, "HTTP 500");
+        // Below what the excerpt alone can give, the error and dead reason go too.
+        let mut record = record_with_excerpt(10_000);
+        let cut_fields = record.cap_to(200);
+        assert_eq!(cut_fields, vec!["response_excerpt", "error", "dead_reason"]);
+        assert!(record.encoded_len() <= 200, "{}", record.encoded_len());
+        assert_eq!(record.delivery_id, "dlv_1", "ids are kept");
+    }
+
+    fn summary(error_bytes: usize) -> AttemptSummary {
+        AttemptSummary {
+            attempt: 1,
+            error: "e".repeat(error_bytes),
+            ..AttemptSummary::default()
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_its_body_and_loses_summaries_to_fit() {
+        let body = vec![b'{'; 3_000];
+        let task = DeliveryTask {
+            delivery_id: "dlv_1".into(),
+            body: body.clone(),
+            attempts: (0..6).map(|_| summary(1_000)).collect(),
+            ..DeliveryTask::default()
+        };
+        let mut letter = DeadLetter {
+            task: Some(task.clone()),
+            attempts: task.attempts.clone(),
+            reason: "r".repeat(2_000),
+            dead_at: None,
+        };
+        let cut_fields = letter.cap_to(4_000);
+        assert!(letter.encoded_len() <= 4_000, "{}", letter.encoded_len());
+        assert_eq!(letter.task.as_ref().expect("task").body, body);
+        assert_eq!(
+            cut_fields,
+            vec![
+                "task_attempts",
+                "attempt_errors",
+                "attempt_summaries",
+                "reason"
+            ]
+        );
+        assert!(letter.reason.ends_with(TRUNCATION_MARK));
+        assert!(
+            letter.reason.len() > 200,
+            "the reason is cut last, and only as needed"
+        );
+
+        let mut letter = DeadLetter {
+            task: Some(task.clone()),
+            attempts: (0..6).map(|_| summary(2_000)).collect(),
+            reason: String::new(),
+            dead_at: None,
+        };
+        let cut_fields = letter.cap_to(3_500);
+        assert!(letter.encoded_len() <= 3_500, "{}", letter.encoded_len());
+        assert_eq!(
+            cut_fields,
+            vec!["task_attempts", "attempt_errors", "attempt_summaries"]
+        );
+        assert_eq!(letter.attempts.len(), 2, "first and last attempts kept");
+    }
+
+    #[test]
+    fn a_task_keeps_its_body_whatever_the_budget() {
+        let mut task = DeliveryTask {
+            body: vec![b'x'; 5_000],
+            attempts: (0..3).map(|_| summary(1_000)).collect(),
+            ..DeliveryTask::default()
+        };
+        let cut_fields = task.cap_to(100);
+        assert_eq!(task.body.len(), 5_000);
+        assert_eq!(cut_fields, vec!["attempt_errors", "attempt_summaries"]);
+        assert_eq!(task.attempts.len(), 2);
+    }
+
+    #[test]
+    fn quarantined_bytes_are_cut_to_the_budget() {
+        let mut value = vec![7u8; 1_000];
+        assert_eq!(cap_bytes(&mut value, 2_000), Vec::<&str>::new());
+        assert_eq!(cap_bytes(&mut value, 300), vec!["value"]);
+        assert_eq!(value.len(), 300);
+    }
+
+    #[test]
+    fn cutting_respects_character_boundaries() {
+        let mut text = "é".repeat(20);
+        assert!(cut(&mut text, TRUNCATION_MARK.len() + 3));
+        assert_eq!(text, format!("é{TRUNCATION_MARK}"));
+    }
+}

@@ -1,0 +1,268 @@
+//! A broker stall in the middle of the fan-out's commits: a real `dispatchd fanout` under load
+//! on a broker of its own (port 39092, so the shared broker is never touched), the broker
+//! paused (SIGSTOP) for longer than the request timeout, then resumed. The fan-out must go on
+//! by itself, and `dispatch.deliveries` read with `read_committed` must hold every owed
+//! (event, subscription) task exactly once. Before issue 12 a commit that timed out was
+//! answered with an abort, which librdkafka refuses while the commit is still in progress.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dispatch_core::catalog::{self, Family};
+use dispatch_core::event_input::PublishableEvent;
+use dispatch_e2e::{
+    KillOnDrop, free_port, group_committed_total, payload, read_expecting, record_count,
+    terminate_cleanly, unique_prefix,
+};
+use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::publish::EventPublisher;
+use dispatch_kafka::subscription_writer::SubscriptionWriter;
+use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
+use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
+use dispatch_proto::events::v1::Event;
+use dispatch_proto::prost::Message as _;
+use dispatch_proto::wkt::Timestamp;
+
+const EVENTS: usize = 6000;
+const SUBSCRIBERS: usize = 3;
+/// The broker of this test: not the shared one (19092) nor the fault suite's (29092–29097).
+const BROKER_PORT: u16 = 39092;
+/// The fan-out's Kafka request timeout; the pause lasts longer.
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+const PAUSE: Duration = Duration::from_secs(12);
+
+/// A single broker started through `kafka.sh` for this test, stopped when dropped (also when
+/// the test fails half-way, paused or not: `kafka.sh stop` resumes a paused broker first).
+struct OwnBroker {
+    script: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl OwnBroker {
+    fn start(run_dir: &std::path::Path) -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kafka/kafka.sh");
+        let mut env = vec![
+            ("KAFKA_PORT", BROKER_PORT.to_string()),
+            ("KAFKA_RUN_DIR", run_dir.display().to_string()),
+        ];
+        if let Ok(cache) = std::env::var("KAFKA_CACHE_DIR") {
+            env.push(("KAFKA_CACHE_DIR", cache));
+        }
+        let broker = OwnBroker { script, env };
+        // A broker left over by an earlier, killed run of this test would hold the port.
+        broker.run(&["stop"]);
+        assert!(
+            broker.run(&["start"]),
+            "kafka.sh start on port {BROKER_PORT}"
+        );
+        broker
+    }
+
+    fn run(&self, args: &[&str]) -> bool {
+        Command::new(&self.script)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.run(&["stop"]);
+    }
+}
+
+fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path, port: u16) -> KillOnDrop {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(["--config"])
+        .arg(config_file)
+        .arg("fanout")
+        .env("DISPATCH_METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(KillOnDrop)
+        .expect("dispatchd fanout starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_mid_commit_leaves_every_task_exactly_once() {
+    let prefix = unique_prefix("fanout-pause");
+    let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let broker = OwnBroker::start(&dir.join("kafka"));
+    let bootstrap = format!("127.0.0.1:{BROKER_PORT}");
+    let config = KafkaConfig {
+        bootstrap_servers: bootstrap.clone(),
+        topic_prefix: prefix.clone(),
+        request_timeout_ms: 15_000,
+        ..KafkaConfig::default()
+    };
+    let names = TopicNames::new(&prefix);
+    let settings = TopicSettings {
+        domain_partitions: 3,
+        delivery_partitions: 3,
+        attempts_partitions: 1,
+        dlq_partitions: 1,
+        invalid_partitions: 1,
+        ..TopicSettings::default()
+    };
+    TopicAdmin::new(&config)
+        .expect("admin")
+        .ensure_topics(&topic_specs(&names, &settings, &["1m".to_owned()]))
+        .await
+        .expect("topics");
+    let writer = SubscriptionWriter::new(&config).expect("writer");
+    for index in 0..SUBSCRIBERS {
+        writer
+            .put(&Subscription {
+                id: format!("sub_{index}"),
+                account_id: "acc_pause".into(),
+                url: "https://hooks.example/pause".into(),
+                event_types: vec!["map.**".into()],
+                enabled: true,
+                version: 1,
+                ..Subscription::default()
+            })
+            .await
+            .expect("subscription");
+    }
+
+    // Everything is published first: the fan-out is the one under load, and the publisher
+    // does not have to outlive the pause.
+    let publisher = EventPublisher::new(&config).expect("publisher");
+    let example = catalog::lookup("map.region.progress")
+        .expect("known")
+        .example_payload()
+        .expect("example");
+    for index in 0..EVENTS {
+        publisher
+            .publish(&PublishableEvent {
+                event: Event {
+                    id: format!("evt_{index:05}"),
+                    r#type: "map.region.progress".into(),
+                    account_id: "acc_pause".into(),
+                    occurred_at: Some(Timestamp {
+                        seconds: 1_795_730_400,
+                        nanos: 0,
+                    }),
+                    region: String::new(),
+                    attributes: Default::default(),
+                    payload: Some(example.clone()),
+                },
+                family: Family::Map,
+            })
+            .await
+            .expect("publish");
+    }
+
+    let config_file = dir.join("dispatchd.toml");
+    let log = dir.join("fanout.log");
+    let mut file = std::fs::File::create(&config_file).expect("config file");
+    write!(
+        file,
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+request_timeout_ms = {REQUEST_TIMEOUT_MS}
+[kafka.librdkafka]
+"statistics.interval.ms" = "500"
+[fanout]
+group_id = "{prefix}fanout"
+transactional_id = "{prefix}fanout-1"
+batch_max_records = 100
+batch_max_ms = 20
+[metrics]
+listen = "127.0.0.1:0"
+"#
+    )
+    .expect("write config");
+    drop(file);
+    let metrics_port = free_port();
+    let mut child = spawn_fanout(&config_file, &log, metrics_port);
+
+    // Pause once a good part is written (uncommitted records count too): commits run back to
+    // back under this load, so the pause lands in the middle of one.
+    let deliveries = names.deliveries();
+    let domain = names.domain(Family::Map).expect("map topic");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while record_count(&config, &deliveries) < (EVENTS * SUBSCRIBERS / 4) as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the fan-out never got going; see {}",
+            log.display()
+        );
+        assert!(
+            child.try_wait().expect("child status").is_none(),
+            "fan-out exited early; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done_at_pause = group_committed_total(&config, &format!("{prefix}fanout"), &domain);
+    assert!(broker.run(&["pause", "1"]), "kafka.sh pause 1");
+    tokio::time::sleep(PAUSE).await;
+    assert!(broker.run(&["resume", "1"]), "kafka.sh resume 1");
+    assert!(
+        done_at_pause < EVENTS as i64,
+        "the fan-out finished before the pause ({done_at_pause} events); the test proves nothing"
+    );
+
+    let expected = EVENTS * SUBSCRIBERS;
+    let reader_config = config.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_expecting(
+            &reader_config,
+            &deliveries,
+            expected,
+            Duration::from_secs(240),
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("reader");
+    assert!(
+        child.try_wait().expect("child status").is_none(),
+        "the fan-out must go on by itself, not exit; see {}",
+        log.display()
+    );
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for record in &records {
+        let task = DeliveryTask::decode(payload(record)).expect("a DeliveryTask");
+        *seen
+            .entry((task.event_id, task.subscription_id))
+            .or_default() += 1;
+    }
+    let duplicated = seen.values().filter(|&&count| count > 1).count();
+    let mut missing = 0;
+    for event in 0..EVENTS {
+        for subscriber in 0..SUBSCRIBERS {
+            let pair = (format!("evt_{event:05}"), format!("sub_{subscriber}"));
+            if !seen.contains_key(&pair) {
+                missing += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (missing, duplicated, records.len()),
+        (0, 0, expected),
+        "(missing, duplicated, records) with read_committed; see {}",
+        log.display()
+    );
+
+    terminate_cleanly(&mut [&mut child], &log).await;
+    drop(broker);
+}
