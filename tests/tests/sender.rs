@@ -855,110 +855,6 @@ async fn a_held_tier_record_survives_a_sender_joining_and_leaving() {
     harness.stop().await;
 }
 
-/// Outcome of a decoded attempt record.
-fn outcome_of(record: &AttemptRecord) -> AttemptOutcome {
-    AttemptOutcome::try_from(record.outcome).unwrap_or(AttemptOutcome::Unspecified)
-}
-
-/// Issue 12, item 8: the retry schedule holds while the circuit is open. Before the fix, open
-/// circuits deferred deliveries through the first tier without spending attempts, and none of
-/// 9 deliveries was dead-lettered after 90 s; now each is a dead letter with the schedule's six
-/// attempt records, the ones that fell due while the circuit was open recorded as not sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_circuit_spends_the_schedule_and_every_delivery_dead_letters() {
-    let delays = [0, 1, 2, 3, 4];
-    let harness = Harness::start_configured(
-        "sender-circuit",
-        &delays,
-        |_| {},
-        |sender| {
-            sender.endpoint.failure_threshold = 2;
-            // Longer than the whole test: once open, the circuit stays open.
-            sender.endpoint.cool_down_ms = 600_000;
-            sender.endpoint.max_cool_down_ms = 600_000;
-        },
-    )
-    .await;
-    let receiver = Receiver::start().await;
-    receiver.script("/dead", Script::status(500));
-    harness.subscribe("sub_dead", &receiver.url("/dead")).await;
-    let deliveries = 9;
-    for index in 0..deliveries {
-        harness
-            .deliver("sub_dead", &format!("evt_dead_{index}"))
-            .await;
-    }
-    let attempts_each = delays.len() + 1;
-    // Generous: the schedule itself takes 10 s; polled, not timed.
-    let letters: Vec<DeadLetter> = read_expecting(
-        &harness.config,
-        &harness.names.dlq(),
-        deliveries,
-        Duration::from_secs(60),
-        Duration::from_secs(2),
-    )
-    .iter()
-    .map(|record| DeadLetter::decode(payload(record)).expect("decodes"))
-    .collect();
-    assert_eq!(
-        letters.len(),
-        deliveries,
-        "every delivery to the dead endpoint is a dead letter"
-    );
-    for letter in &letters {
-        assert_eq!(
-            letter.attempts.len(),
-            attempts_each,
-            "the dead letter holds the schedule's attempts: {letter:?}"
-        );
-        let numbers: Vec<u32> = letter.attempts.iter().map(|a| a.attempt).collect();
-        assert_eq!(numbers, (1..=attempts_each as u32).collect::<Vec<_>>());
-        assert!(
-            letter.reason.contains("all 6 attempts failed"),
-            "{}",
-            letter.reason
-        );
-    }
-    let records: Vec<AttemptRecord> =
-        harness.read(&harness.names.attempts(), deliveries * attempts_each);
-    assert_eq!(records.len(), deliveries * attempts_each);
-    let not_sent = records
-        .iter()
-        .filter(|r| outcome_of(r) == AttemptOutcome::CircuitOpen)
-        .count();
-    let sent = records
-        .iter()
-        .filter(|r| outcome_of(r) == AttemptOutcome::HttpStatus)
-        .count();
-    assert_eq!(not_sent + sent, records.len());
-    assert!(not_sent > 0, "the circuit opened");
-    assert_eq!(
-        receiver.received("/dead").len(),
-        sent,
-        "nothing is sent while the circuit is open"
-    );
-    for record in records
-        .iter()
-        .filter(|r| outcome_of(r) == AttemptOutcome::CircuitOpen)
-    {
-        assert_eq!(record.status_code, 0);
-        assert!(record.error.contains("circuit open"), "{}", record.error);
-    }
-    harness.stop().await;
-}
-
-/// Issue 12, item 5: with no delay tier to defer to, a full backlog keeps the task in memory;
-/// before the fix it was dropped and its offset never finished (so nothing after it was ever
-/// committed either).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_backlog_without_tiers_loses_nothing() {
-    let harness = Harness::start_configured(
-        "sender-notier",
-        &[],
-        |_| {},
-        |sender| {
-            sender.endpoint.max_backlog = 1;
-
 /// The process's Prometheus recorder (installed once per test binary), to read counters from.
 fn metrics() -> PrometheusHandle {
     dispatch_telemetry::install_recorder().expect("recorder")
@@ -1033,173 +929,6 @@ async fn an_attempt_record_over_the_topics_limit_is_capped_and_the_delivery_move
     .await;
     let receiver = Receiver::start().await;
     receiver.script(
-        "/slow",
-        Script::Respond {
-            status: 200,
-            headers: Vec::new(),
-            delay: Duration::from_millis(300),
-        },
-    );
-    harness
-        .subscribe_with("sub_notier", &receiver.url("/slow"), |s| {
-            s.max_in_flight = 1
-        })
-        .await;
-    let deliveries = 6;
-    for index in 0..deliveries {
-        harness
-            .deliver("sub_notier", &format!("evt_notier_{index}"))
-            .await;
-    }
-    let received = receiver.wait_for("/slow", deliveries, WAIT).await;
-    assert_eq!(received.len(), deliveries, "every delivery arrives");
-    // And every offset is finished: the committed position reaches the end.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let committed = dispatch_e2e::group_committed_total(
-            &harness.config,
-            &harness.group_id,
-            &harness.names.deliveries(),
-        );
-        if committed == deliveries as i64 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "committed {committed} of {deliveries}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    harness.stop().await;
-}
-
-/// Issue 12, item 5: a task whose subscription is deleted while it waits in its endpoint's
-/// queue ends with an attempt record `SKIPPED` (before the fix it left none).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_deleted_while_queued_leaves_a_skipped_record() {
-    let harness = Harness::start("sender-deleted", &[], Duration::from_secs(8)).await;
-    let receiver = Receiver::start().await;
-    receiver.script("/hang", Script::Hang);
-    harness
-        .subscribe_with("sub_deleted", &receiver.url("/hang"), |s| {
-            s.max_in_flight = 1
-        })
-        .await;
-    let first = harness.deliver("sub_deleted", "evt_first").await;
-    let queued = harness.deliver("sub_deleted", "evt_queued").await;
-    // The first hangs (until the 8 s timeout); the second waits in the queue behind it.
-    receiver.wait_for("/hang", 1, WAIT).await;
-    let offset = harness.writer.delete("sub_deleted").await.expect("delete");
-    harness
-        .view
-        .wait_for_offset(offset, WAIT)
-        .await
-        .expect("view has the deletion");
-    let records: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 2);
-    assert_eq!(records.len(), 2, "{records:?}");
-    let skipped = records
-        .iter()
-        .find(|r| r.delivery_id == queued.delivery_id)
-        .expect("the queued delivery has a record");
-    assert_eq!(outcome_of(skipped), AttemptOutcome::Skipped);
-    assert!(skipped.error.contains("deleted"), "{}", skipped.error);
-    assert!(matches!(
-        skipped.next_action.as_ref().and_then(|a| a.action.as_ref()),
-        Some(Action::Done(_))
-    ));
-    let timed_out = records
-        .iter()
-        .find(|r| r.delivery_id == first.delivery_id)
-        .expect("the first delivery has a record");
-    assert_eq!(outcome_of(timed_out), AttemptOutcome::Timeout);
-    assert_eq!(
-        receiver.received("/hang").len(),
-        1,
-        "the queued one was not sent"
-    );
-    harness.stop().await;
-}
-
-/// Issue 12, item 6: account A's 50 hanging endpoints, each at its `max_in_flight`, want more
-/// requests than the sender has permits; account B's healthy deliveries still all arrive while
-/// A's requests hang (before the fix, A held every permit until its requests timed out).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_with_hanging_endpoints_does_not_starve_another() {
-    let harness = Harness::start_configured(
-        "sender-fair",
-        &[60],
-        |http| {
-            // Longer than the test: A's requests hang for its whole length.
-            http.timeout_ms = 120_000;
-        },
-        |sender| {
-            sender.max_concurrent_requests = 40;
-            sender.drain_timeout_ms = 1_000;
-        },
-    )
-    .await;
-    let receiver = Receiver::start().await;
-    let hanging_endpoints = 50;
-    let a_max_in_flight = 4;
-    for endpoint in 0..hanging_endpoints {
-        let path = format!("/a/{endpoint}");
-        receiver.script(&path, Script::Hang);
-        harness
-            .subscribe_with(&format!("sub_a_{endpoint}"), &receiver.url(&path), |s| {
-                s.account_id = "acc_a".into();
-                s.max_in_flight = a_max_in_flight;
-            })
-            .await;
-    }
-    for endpoint in 0..4 {
-        harness
-            .subscribe_with(
-                &format!("sub_b_{endpoint}"),
-                &receiver.url(&format!("/b/{endpoint}")),
-                |s| s.account_id = "acc_b".into(),
-            )
-            .await;
-    }
-    // A first: every one of its endpoints at its maximum, 200 requests wanted for 40 permits.
-    for endpoint in 0..hanging_endpoints {
-        for index in 0..a_max_in_flight {
-            harness
-                .deliver_for(
-                    "acc_a",
-                    &format!("sub_a_{endpoint}"),
-                    &format!("evt_a_{endpoint}_{index}"),
-                )
-                .await;
-        }
-    }
-    let per_b_endpoint = 25;
-    for index in 0..per_b_endpoint {
-        for endpoint in 0..4 {
-            harness
-                .deliver_for(
-                    "acc_b",
-                    &format!("sub_b_{endpoint}"),
-                    &format!("evt_b_{endpoint}_{index}"),
-                )
-                .await;
-        }
-    }
-    for endpoint in 0..4 {
-        let path = format!("/b/{endpoint}");
-        let received = receiver.wait_for(&path, per_b_endpoint, WAIT).await;
-        assert_eq!(
-            received.len(),
-            per_b_endpoint,
-            "account B's endpoint {endpoint} was starved by account A"
-        );
-    }
-    let a_hanging: usize = (0..hanging_endpoints)
-        .map(|endpoint| receiver.received(&format!("/a/{endpoint}")).len())
-        .sum();
-    assert!(
-        a_hanging <= 20,
-        "account A holds at most its share (50 % of 40 permits), held {a_hanging}"
-
         "/big",
         Script::Body {
             status: 200,
@@ -1479,6 +1208,284 @@ async fn a_failed_seek_after_a_hold_never_lets_the_commit_pass_dropped_records()
             .len(),
         11,
         "each record delivered once"
+    );
+    harness.stop().await;
+}
+
+/// Outcome of a decoded attempt record.
+fn outcome_of(record: &AttemptRecord) -> AttemptOutcome {
+    AttemptOutcome::try_from(record.outcome).unwrap_or(AttemptOutcome::Unspecified)
+}
+
+/// Issue 12, item 8: the retry schedule holds while the circuit is open. Before the fix, open
+/// circuits deferred deliveries through the first tier without spending attempts, and none of
+/// 9 deliveries was dead-lettered after 90 s; now each is a dead letter with the schedule's six
+/// attempt records, the ones that fell due while the circuit was open recorded as not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_spends_the_schedule_and_every_delivery_dead_letters() {
+    let delays = [0, 1, 2, 3, 4];
+    let harness = Harness::start_configured(
+        "sender-circuit",
+        &delays,
+        |_| {},
+        |sender| {
+            sender.endpoint.failure_threshold = 2;
+            // Longer than the whole test: once open, the circuit stays open.
+            sender.endpoint.cool_down_ms = 600_000;
+            sender.endpoint.max_cool_down_ms = 600_000;
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script("/dead", Script::status(500));
+    harness.subscribe("sub_dead", &receiver.url("/dead")).await;
+    let deliveries = 9;
+    for index in 0..deliveries {
+        harness
+            .deliver("sub_dead", &format!("evt_dead_{index}"))
+            .await;
+    }
+    let attempts_each = delays.len() + 1;
+    // Generous: the schedule itself takes 10 s; polled, not timed.
+    let letters: Vec<DeadLetter> = read_expecting(
+        &harness.config,
+        &harness.names.dlq(),
+        deliveries,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .iter()
+    .map(|record| DeadLetter::decode(payload(record)).expect("decodes"))
+    .collect();
+    assert_eq!(
+        letters.len(),
+        deliveries,
+        "every delivery to the dead endpoint is a dead letter"
+    );
+    for letter in &letters {
+        assert_eq!(
+            letter.attempts.len(),
+            attempts_each,
+            "the dead letter holds the schedule's attempts: {letter:?}"
+        );
+        let numbers: Vec<u32> = letter.attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, (1..=attempts_each as u32).collect::<Vec<_>>());
+        assert!(
+            letter.reason.contains("all 6 attempts failed"),
+            "{}",
+            letter.reason
+        );
+    }
+    let records: Vec<AttemptRecord> =
+        harness.read(&harness.names.attempts(), deliveries * attempts_each);
+    assert_eq!(records.len(), deliveries * attempts_each);
+    let not_sent = records
+        .iter()
+        .filter(|r| outcome_of(r) == AttemptOutcome::CircuitOpen)
+        .count();
+    let sent = records
+        .iter()
+        .filter(|r| outcome_of(r) == AttemptOutcome::HttpStatus)
+        .count();
+    assert_eq!(not_sent + sent, records.len());
+    assert!(not_sent > 0, "the circuit opened");
+    assert_eq!(
+        receiver.received("/dead").len(),
+        sent,
+        "nothing is sent while the circuit is open"
+    );
+    for record in records
+        .iter()
+        .filter(|r| outcome_of(r) == AttemptOutcome::CircuitOpen)
+    {
+        assert_eq!(record.status_code, 0);
+        assert!(record.error.contains("circuit open"), "{}", record.error);
+    }
+    harness.stop().await;
+}
+
+/// Issue 12, item 5: with no delay tier to defer to, a full backlog keeps the task in memory;
+/// before the fix it was dropped and its offset never finished (so nothing after it was ever
+/// committed either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_without_tiers_loses_nothing() {
+    let harness = Harness::start_configured(
+        "sender-notier",
+        &[],
+        |_| {},
+        |sender| {
+            sender.endpoint.max_backlog = 1;
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script(
+        "/slow",
+        Script::Respond {
+            status: 200,
+            headers: Vec::new(),
+            delay: Duration::from_millis(300),
+        },
+    );
+    harness
+        .subscribe_with("sub_notier", &receiver.url("/slow"), |s| {
+            s.max_in_flight = 1
+        })
+        .await;
+    let deliveries = 6;
+    for index in 0..deliveries {
+        harness
+            .deliver("sub_notier", &format!("evt_notier_{index}"))
+            .await;
+    }
+    let received = receiver.wait_for("/slow", deliveries, WAIT).await;
+    assert_eq!(received.len(), deliveries, "every delivery arrives");
+    // And every offset is finished: the committed position reaches the end.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let committed = dispatch_e2e::group_committed_total(
+            &harness.config,
+            &harness.group_id,
+            &harness.names.deliveries(),
+        );
+        if committed == deliveries as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed {committed} of {deliveries}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    harness.stop().await;
+}
+
+/// Issue 12, item 5: a task whose subscription is deleted while it waits in its endpoint's
+/// queue ends with an attempt record `SKIPPED` (before the fix it left none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_deleted_while_queued_leaves_a_skipped_record() {
+    let harness = Harness::start("sender-deleted", &[], Duration::from_secs(8)).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/hang", Script::Hang);
+    harness
+        .subscribe_with("sub_deleted", &receiver.url("/hang"), |s| {
+            s.max_in_flight = 1
+        })
+        .await;
+    let first = harness.deliver("sub_deleted", "evt_first").await;
+    let queued = harness.deliver("sub_deleted", "evt_queued").await;
+    // The first hangs (until the 8 s timeout); the second waits in the queue behind it.
+    receiver.wait_for("/hang", 1, WAIT).await;
+    let offset = harness.writer.delete("sub_deleted").await.expect("delete");
+    harness
+        .view
+        .wait_for_offset(offset, WAIT)
+        .await
+        .expect("view has the deletion");
+    let records: Vec<AttemptRecord> = harness.read(&harness.names.attempts(), 2);
+    assert_eq!(records.len(), 2, "{records:?}");
+    let skipped = records
+        .iter()
+        .find(|r| r.delivery_id == queued.delivery_id)
+        .expect("the queued delivery has a record");
+    assert_eq!(outcome_of(skipped), AttemptOutcome::Skipped);
+    assert!(skipped.error.contains("deleted"), "{}", skipped.error);
+    assert!(matches!(
+        skipped.next_action.as_ref().and_then(|a| a.action.as_ref()),
+        Some(Action::Done(_))
+    ));
+    let timed_out = records
+        .iter()
+        .find(|r| r.delivery_id == first.delivery_id)
+        .expect("the first delivery has a record");
+    assert_eq!(outcome_of(timed_out), AttemptOutcome::Timeout);
+    assert_eq!(
+        receiver.received("/hang").len(),
+        1,
+        "the queued one was not sent"
+    );
+    harness.stop().await;
+}
+
+/// Issue 12, item 6: account A's 50 hanging endpoints, each at its `max_in_flight`, want more
+/// requests than the sender has permits; account B's healthy deliveries still all arrive while
+/// A's requests hang (before the fix, A held every permit until its requests timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_hanging_endpoints_does_not_starve_another() {
+    let harness = Harness::start_configured(
+        "sender-fair",
+        &[60],
+        |http| {
+            // Longer than the test: A's requests hang for its whole length.
+            http.timeout_ms = 120_000;
+        },
+        |sender| {
+            sender.max_concurrent_requests = 40;
+            sender.drain_timeout_ms = 1_000;
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    let hanging_endpoints = 50;
+    let a_max_in_flight = 4;
+    for endpoint in 0..hanging_endpoints {
+        let path = format!("/a/{endpoint}");
+        receiver.script(&path, Script::Hang);
+        harness
+            .subscribe_with(&format!("sub_a_{endpoint}"), &receiver.url(&path), |s| {
+                s.account_id = "acc_a".into();
+                s.max_in_flight = a_max_in_flight;
+            })
+            .await;
+    }
+    for endpoint in 0..4 {
+        harness
+            .subscribe_with(
+                &format!("sub_b_{endpoint}"),
+                &receiver.url(&format!("/b/{endpoint}")),
+                |s| s.account_id = "acc_b".into(),
+            )
+            .await;
+    }
+    // A first: every one of its endpoints at its maximum, 200 requests wanted for 40 permits.
+    for endpoint in 0..hanging_endpoints {
+        for index in 0..a_max_in_flight {
+            harness
+                .deliver_for(
+                    "acc_a",
+                    &format!("sub_a_{endpoint}"),
+                    &format!("evt_a_{endpoint}_{index}"),
+                )
+                .await;
+        }
+    }
+    let per_b_endpoint = 25;
+    for index in 0..per_b_endpoint {
+        for endpoint in 0..4 {
+            harness
+                .deliver_for(
+                    "acc_b",
+                    &format!("sub_b_{endpoint}"),
+                    &format!("evt_b_{endpoint}_{index}"),
+                )
+                .await;
+        }
+    }
+    for endpoint in 0..4 {
+        let path = format!("/b/{endpoint}");
+        let received = receiver.wait_for(&path, per_b_endpoint, WAIT).await;
+        assert_eq!(
+            received.len(),
+            per_b_endpoint,
+            "account B's endpoint {endpoint} was starved by account A"
+        );
+    }
+    let a_hanging: usize = (0..hanging_endpoints)
+        .map(|endpoint| receiver.received(&format!("/a/{endpoint}")).len())
+        .sum();
+    assert!(
+        a_hanging <= 20,
+        "account A holds at most its share (50 % of 40 permits), held {a_hanging}"
     );
     harness.stop().await;
 }
