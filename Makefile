@@ -35,7 +35,7 @@ run: ## The whole system on the local broker: Kafka, every topic, then `dispatch
 
 test: ## Run every test; starts a broker if none runs on its port, and stops what it started.
 	$(CARGO) build --workspace --all-targets
-	$(WITH_KAFKA) $(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+	$(WITH_KAFKA) $(CARGO) test --workspace --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 test-unit: ## Unit tests only (no broker needed).
 	$(CARGO) test --workspace --lib --bins

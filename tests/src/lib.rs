@@ -4,6 +4,7 @@
 //!
 //! No test talks to a mock: if no broker answers, the tests fail and say how to start one.
 
+pub mod own_broker;
 pub mod receiver;
 pub mod tls;
 

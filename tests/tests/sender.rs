@@ -1168,8 +1168,11 @@ async fn a_failed_seek_after_a_hold_never_lets_the_commit_pass_dropped_records()
     };
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let arrived = delivered(&receiver);
+        // Committed first: a record is committed only after it arrived, so whatever the commit
+        // covers at this read has arrived by the next one (read the other way round, deliveries
+        // made between the two reads look like a commit passing them).
         let committed = group_committed_total(&harness.config, &harness.group_id, &tier);
+        let arrived = delivered(&receiver);
         let first_missing = (0..=10).find(|n| !arrived.contains(n)).unwrap_or(11);
         assert!(
             committed <= first_missing as i64,

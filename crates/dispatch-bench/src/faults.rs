@@ -255,6 +255,63 @@ fn kafka_sh(args: &FaultArgs, env: &[(&str, String)], command: &[&str]) -> anyho
     Ok(())
 }
 
+/// A broker (or cluster) of a scenario's own, started through `kafka.sh` on its own port and
+/// run directory: pausing or killing the shared one would stall everyone else's tests.
+struct OwnBroker<'a> {
+    args: &'a FaultArgs,
+    env: [(&'static str, String); 2],
+}
+
+impl<'a> OwnBroker<'a> {
+    /// Starts `nodes` brokers from `port` (nodes listen on `port`, `port + 2`, …) with their
+    /// data under the temporary directory's `run_dir`, and returns them with `env` pointed at
+    /// them.
+    fn start(
+        args: &'a FaultArgs,
+        env: &Environment,
+        port: u16,
+        run_dir: &str,
+        nodes: u16,
+    ) -> anyhow::Result<(Self, Environment)> {
+        let broker = OwnBroker {
+            args,
+            env: [
+                ("KAFKA_PORT", port.to_string()),
+                (
+                    "KAFKA_RUN_DIR",
+                    std::env::temp_dir().join(run_dir).display().to_string(),
+                ),
+            ],
+        };
+        broker.kafka_sh(&["start", "--nodes", &nodes.to_string()])?;
+        let bootstrap = (0..nodes)
+            .map(|n| format!("127.0.0.1:{}", port + 2 * n))
+            .collect::<Vec<_>>()
+            .join(",");
+        let own = Environment {
+            bootstrap,
+            ..env.clone()
+        };
+        Ok((broker, own))
+    }
+
+    /// `kafka.sh pause|resume|kill N` on one node, from async code.
+    fn signal(&self, command: &str, node: u16) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| self.kafka_sh(&[command, &node.to_string()]))
+    }
+
+    fn kafka_sh(&self, command: &[&str]) -> anyhow::Result<()> {
+        kafka_sh(self.args, &self.env, command)
+    }
+
+    /// Stops every node; a failure is reported, not raised, so the scenario's outcome stands.
+    fn stop(self, scenario: &str) {
+        if let Err(error) = self.kafka_sh(&["stop"]) {
+            eprintln!("stopping the broker of {scenario}: {error:#}");
+        }
+    }
+}
+
 /// Runs one scenario against the broker of `env`.
 pub async fn run_one(env: &Environment, fault: Fault, load: Load) -> anyhow::Result<FaultResult> {
     run_scenario(env, fault, load, None).await
@@ -600,21 +657,13 @@ async fn broker_freeze(
     failures: &mut Vec<String>,
     logs: &mut String,
 ) -> anyhow::Result<Verdict> {
-    let broker_env = [
-        ("KAFKA_PORT", args.freeze_port.to_string()),
-        (
-            "KAFKA_RUN_DIR",
-            std::env::temp_dir()
-                .join("dispatch-bench-kafka-freeze")
-                .display()
-                .to_string(),
-        ),
-    ];
-    kafka_sh(args, &broker_env, &["start"])?;
-    let own = Environment {
-        bootstrap: format!("127.0.0.1:{}", args.freeze_port),
-        ..env.clone()
-    };
+    let (broker, own) = OwnBroker::start(
+        args,
+        env,
+        args.freeze_port,
+        "dispatch-bench-kafka-freeze",
+        1,
+    )?;
     let outcome = async {
         let (mut harness, _, _) = pipeline(&own, "broker-freeze", |_| {}).await?;
         harness.system.start(Role::Api, 0).await?;
@@ -641,9 +690,9 @@ async fn broker_freeze(
             bail!("a subscription write before the freeze answered {status}: {body}");
         }
         let publishing = begin_load(&harness, load, 0).await;
-        tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["pause", "1"]))?;
+        broker.signal("pause", 1)?;
         tokio::time::sleep(Duration::from_secs(args.freeze_seconds)).await;
-        tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["resume", "1"]))?;
+        broker.signal("resume", 1)?;
         let thawed = std::time::Instant::now();
         let mut last = String::new();
         let mut written_after = None;
@@ -692,9 +741,7 @@ async fn broker_freeze(
         anyhow::Ok(verdict)
     }
     .await;
-    if let Err(error) = kafka_sh(args, &broker_env, &["stop"]) {
-        eprintln!("stopping the broker of broker-freeze: {error:#}");
-    }
+    broker.stop("broker-freeze");
     outcome
 }
 
@@ -706,25 +753,8 @@ async fn broker_loss(
     failures: &mut Vec<String>,
     logs: &mut String,
 ) -> anyhow::Result<Verdict> {
-    let cluster_env = [
-        ("KAFKA_PORT", args.cluster_port.to_string()),
-        (
-            "KAFKA_RUN_DIR",
-            std::env::temp_dir()
-                .join("dispatch-bench-kafka-3")
-                .display()
-                .to_string(),
-        ),
-    ];
-    kafka_sh(args, &cluster_env, &["start", "--nodes", "3"])?;
-    let bootstrap = (0..3)
-        .map(|n| format!("127.0.0.1:{}", args.cluster_port + 2 * n))
-        .collect::<Vec<_>>()
-        .join(",");
-    let cluster = Environment {
-        bootstrap,
-        ..env.clone()
-    };
+    let (brokers, cluster) =
+        OwnBroker::start(args, env, args.cluster_port, "dispatch-bench-kafka-3", 3)?;
     let outcome = async {
         let (harness, _, _) = pipeline(&cluster, "broker-loss", |s| {
             s.replication_factor = 3;
@@ -732,16 +762,14 @@ async fn broker_loss(
         })
         .await?;
         let publishing = begin_load(&harness, load, 0).await;
-        tokio::task::block_in_place(|| kafka_sh(args, &cluster_env, &["kill", "2"]))?;
+        brokers.signal("kill", 2)?;
         let verdict = finish_load(&harness, publishing).await?;
         checks.push("broker 2 of 3 killed with SIGKILL and left down".to_owned());
         close(harness, &verdict, failures, logs).await;
         anyhow::Ok(verdict)
     }
     .await;
-    if let Err(error) = kafka_sh(args, &cluster_env, &["stop"]) {
-        eprintln!("stopping the three-broker cluster: {error:#}");
-    }
+    brokers.stop("broker-loss");
     outcome
 }
 
@@ -757,28 +785,19 @@ async fn broker_pause(
     failures: &mut Vec<String>,
     logs: &mut String,
 ) -> anyhow::Result<Verdict> {
-    // A broker of its own: pausing the shared one would stall everyone else's tests.
-    let broker_env = [
-        ("KAFKA_PORT", args.cluster_port.to_string()),
-        (
-            "KAFKA_RUN_DIR",
-            std::env::temp_dir()
-                .join("dispatch-bench-kafka-pause")
-                .display()
-                .to_string(),
-        ),
-    ];
-    kafka_sh(args, &broker_env, &["start"])?;
-    let own = Environment {
-        bootstrap: format!("127.0.0.1:{}", args.cluster_port),
-        ..env.clone()
-    };
+    let (broker, own) = OwnBroker::start(
+        args,
+        env,
+        args.cluster_port,
+        "dispatch-bench-kafka-pause",
+        1,
+    )?;
     let outcome = async {
         let (harness, _, _) = pipeline(&own, "broker-pause", |_| {}).await?;
         let publishing = begin_load(&harness, load, 0).await;
-        tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["pause", "1"]))?;
+        broker.signal("pause", 1)?;
         tokio::time::sleep(BROKER_PAUSE).await;
-        tokio::task::block_in_place(|| kafka_sh(args, &broker_env, &["resume", "1"]))?;
+        broker.signal("resume", 1)?;
         // The resumed node re-elects its partitions' leaders: the ledger's own reads do not
         // retry NOT_LEADER, so wait until every topic of the run has a leader again.
         wait_for_leaders(&harness).await?;
@@ -792,9 +811,7 @@ async fn broker_pause(
     }
     .await;
     // Stopped even when the scenario failed (kafka.sh stop resumes a paused broker first).
-    if let Err(error) = kafka_sh(args, &broker_env, &["stop"]) {
-        eprintln!("stopping the broker-pause broker: {error:#}");
-    }
+    broker.stop("broker-pause");
     outcome
 }
 

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::client::is_fatal;
+use dispatch_kafka::group_health::{
+    GroupWatch, RejoinReason, Rejoins, count_rejoin, is_fenced_member, retire, stuck_after,
+};
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::topics::TopicNames;
@@ -147,12 +151,15 @@ impl FanoutConfig {
 #[derive(Debug, Default)]
 struct FanoutContext {
     rebalanced: AtomicBool,
+    /// The group handler's state, to notice one that lost its coordinator for good.
+    watch: GroupWatch,
     group: String,
     topic_prefix: String,
 }
 
 impl ClientContext for FanoutContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.watch.observe(&statistics);
         dispatch_kafka::lag::record_consumer_lag(
             &self.group,
             &self.topic_prefix,
@@ -384,12 +391,18 @@ enum BatchFailure {
 }
 
 /// How consuming ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Consumption {
     /// The stop flag was set.
     Stopped,
     /// A rewind failed: the consumer's position is past records that were not committed.
     PositionLost,
+    /// The consumer's static membership was fenced (a fatal consumer error): it never fetches
+    /// again. See [`dispatch_kafka::group_health`].
+    Fenced(KafkaError),
+    /// The consumer's group handler has been away from its coordinator this long, past
+    /// [`stuck_after`]. See [`dispatch_kafka::group_health`].
+    GroupStuck(Duration),
 }
 
 /// What became of one input record in the open transaction.
@@ -498,13 +511,40 @@ impl Fanout {
     /// (a fenced producer, a fatal client error, a call that stayed retriable past
     /// `fanout.transaction_retry_max_ms`).
     pub fn run_blocking(mut self, stop: &AtomicBool) -> Result<()> {
-        while self.consume(stop)? == Consumption::PositionLost {
-            // The consumer will hand out records after the ones it dropped; committing those
-            // would step over the dropped ones. A new consumer joins the group and starts every
-            // partition it is assigned at the committed offset.
-            warn!("a rewind failed: recreating the consumer to restart from the committed offsets");
-            metrics::counter!(names::FANOUT_CONSUMER_RECREATED_TOTAL).increment(1);
-            self.consumer = subscribe(&self.kafka, &self.config, &self.subscription)?;
+        let mut rejoins = Rejoins::default();
+        loop {
+            match self.consume(stop)? {
+                Consumption::Stopped => break,
+                Consumption::PositionLost => {
+                    // The consumer will hand out records after the ones it dropped; committing
+                    // those would step over the dropped ones. A new consumer joins the group
+                    // and starts every partition it is assigned at the committed offset.
+                    warn!(
+                        "a rewind failed: recreating the consumer to restart from the committed offsets"
+                    );
+                    metrics::counter!(names::FANOUT_CONSUMER_RECREATED_TOTAL).increment(1);
+                }
+                // No transaction is open in either case: the batch being collected is dropped
+                // and read again from the committed offsets by the fresh consumer.
+                Consumption::Fenced(error) => {
+                    let instance = self.kafka.group_instance_id("fanout").unwrap_or_default();
+                    if !rejoins.allow(Instant::now()) {
+                        error!(%error, instance, "static membership fenced again and again: another process uses this kafka.instance_id; exiting");
+                        return Err(Error::Kafka(error));
+                    }
+                    warn!(%error, instance, "static membership fenced (a broker stall outlasted the session): rejoining with a fresh consumer");
+                    count_rejoin(&self.config.group_id, RejoinReason::Fenced);
+                }
+                Consumption::GroupStuck(away) => {
+                    warn!(
+                        away_s = away.as_secs(),
+                        "the consumer group handler lost its coordinator: rejoining with a fresh consumer"
+                    );
+                    count_rejoin(&self.config.group_id, RejoinReason::GroupStuck);
+                }
+            }
+            let fresh = subscribe(&self.kafka, &self.config, &self.subscription)?;
+            retire(Arc::new(std::mem::replace(&mut self.consumer, fresh)));
         }
         info!("fan-out stopping; leaving the group");
         Ok(())
@@ -513,8 +553,20 @@ impl Fanout {
     /// Consumes batches until `stop` or until a rewind failed.
     fn consume(&self, stop: &AtomicBool) -> Result<Consumption> {
         let batch_wait = Duration::from_millis(self.config.batch_max_ms);
+        let stuck_bound = stuck_after(self.kafka.session_timeout());
         while !stop.load(Ordering::SeqCst) {
-            let batch = self.collect_batch(batch_wait, stop)?;
+            if let Some(away) = self.consumer.context().watch.away_for()
+                && away >= stuck_bound
+            {
+                return Ok(Consumption::GroupStuck(away));
+            }
+            let batch = match self.collect_batch(batch_wait, stop) {
+                Ok(batch) => batch,
+                Err(Error::Kafka(error)) if is_fenced_member(&error) => {
+                    return Ok(Consumption::Fenced(error));
+                }
+                Err(error) => return Err(error),
+            };
             if batch.is_empty() {
                 continue;
             }
@@ -580,7 +632,9 @@ impl Fanout {
                     batch.push(message);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(error)) if TxnErrorTraits::of(&error).fatal => {
+                // A fatal consumer error (`MessageConsumptionFatal`, e.g. fenced) leaves a
+                // consumer that never fetches again: logging it and polling on would wedge.
+                Some(Err(error)) if TxnErrorTraits::of(&error).fatal || is_fatal(&error) => {
                     return Err(Error::Kafka(error));
                 }
                 Some(Err(error)) => warn!(%error, "consumer error"),

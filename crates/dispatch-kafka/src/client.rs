@@ -134,6 +134,11 @@ impl KafkaConfig {
         config
     }
 
+    /// The group session timeout as a duration.
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms)
+    }
+
     /// The request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)

@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod group_health;
 pub mod lag;
 pub mod publish;
 pub mod quarantine;

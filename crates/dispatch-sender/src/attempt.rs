@@ -114,15 +114,9 @@ pub async fn deliver(
             next_action: Some(next_action(&decision)),
             ..record_for(&task)
         };
-        task.attempts.push(summary);
-        let attempts_topic = ctx.names.attempts();
-        let attempt_sent = ctx
-            .writes
-            .write_record(&attempts_topic, &task.subscription_id, record);
-
-        match decision {
-            Decision::Delivered => {
-                attempt_sent.await;
+        match record_and_move_on(ctx, &mut task, record, summary, decision, finished).await {
+            Moved::AgainNow => {}
+            Moved::Left(Decision::Delivered) => {
                 if let Some(occurred) = task
                     .occurred_at
                     .as_ref()
@@ -134,38 +128,76 @@ pub async fn deliver(
                 }
                 return DeliveryEnd::Delivered;
             }
-            Decision::RetryNow { next_attempt } => {
-                attempt_sent.await;
-                task.attempt = next_attempt;
-                metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => "immediate").increment(1);
-            }
-            Decision::RetryLater {
-                next_attempt,
-                tier,
-                not_before,
-            } => {
-                let mut next = task.clone();
-                next.attempt = next_attempt;
-                next.not_before = Some(timestamp::from_system_time(not_before));
-                let tier_topic = ctx.names.retry_tier(&tier);
-                let retry_sent = ctx
-                    .writes
-                    .write_record(&tier_topic, &task.subscription_id, next);
-                tokio::join!(attempt_sent, retry_sent);
-                metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier).increment(1);
+            Moved::Left(Decision::Dead {
+                reason,
+                disable: true,
+            }) => {
+                disable_subscription(ctx, subscription, &reason).await;
                 return DeliveryEnd::Failed;
             }
-            Decision::Dead { reason, disable } => {
-                let dead_sent = dead_letter(ctx, &task, reason.clone(), finished);
-                tokio::join!(attempt_sent, dead_sent);
-                warn!(delivery_id = %task.delivery_id, subscription_id = %task.subscription_id, %reason, "delivery dead-lettered");
-                if disable {
-                    disable_subscription(ctx, subscription, &reason).await;
-                }
-                return DeliveryEnd::Failed;
-            }
+            Moved::Left(_) => return DeliveryEnd::Failed,
         }
     }
+}
+
+/// Where a delivery is after [`record_and_move_on`].
+pub(crate) enum Moved {
+    /// The next attempt is due at once; `task.attempt` is already advanced.
+    AgainNow,
+    /// The delivery left this process as decided (delivered, parked on a tier, dead-lettered);
+    /// everything it owed is acknowledged by Kafka.
+    Left(Decision),
+}
+
+/// Carries out one attempt's `decision`, sent or not: appends `summary` to the task's history,
+/// writes the attempt `record` and, as decided, the retry task on its tier or the dead letter —
+/// all through [`KafkaWrites`] (capped, retried until acknowledged). The one place an attempt's
+/// consequences are written, for attempts made ([`deliver`]) and not made
+/// ([`crate::not_sent`]).
+pub(crate) async fn record_and_move_on(
+    ctx: &AttemptContext,
+    task: &mut DeliveryTask,
+    record: AttemptRecord,
+    summary: AttemptSummary,
+    decision: Decision,
+    at: SystemTime,
+) -> Moved {
+    // The dead letter carries every attempt, not-sent ones included.
+    task.attempts.push(summary);
+    let attempts_topic = ctx.names.attempts();
+    let attempt_sent = ctx
+        .writes
+        .write_record(&attempts_topic, &task.subscription_id, record);
+    match &decision {
+        Decision::Delivered => attempt_sent.await,
+        Decision::RetryNow { next_attempt } => {
+            attempt_sent.await;
+            task.attempt = *next_attempt;
+            metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => "immediate").increment(1);
+            return Moved::AgainNow;
+        }
+        Decision::RetryLater {
+            next_attempt,
+            tier,
+            not_before,
+        } => {
+            let mut next = task.clone();
+            next.attempt = *next_attempt;
+            next.not_before = Some(timestamp::from_system_time(*not_before));
+            let tier_topic = ctx.names.retry_tier(tier);
+            let retry_sent = ctx
+                .writes
+                .write_record(&tier_topic, &task.subscription_id, next);
+            tokio::join!(attempt_sent, retry_sent);
+            metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier.clone()).increment(1);
+        }
+        Decision::Dead { reason, .. } => {
+            let dead_sent = dead_letter(ctx, task, reason.clone(), at);
+            tokio::join!(attempt_sent, dead_sent);
+            warn!(delivery_id = %task.delivery_id, subscription_id = %task.subscription_id, %reason, "delivery dead-lettered");
+        }
+    }
+    Moved::Left(decision)
 }
 
 /// An attempt record of `task` with its identifying fields filled in; the caller sets what the
@@ -300,14 +332,6 @@ pub fn outcome_label(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::CircuitOpen => "circuit_open",
         AttemptOutcome::Unspecified => "unspecified",
     }
-}
-
-/// Produces already-encoded bytes until Kafka acknowledges them (classified errors, backoff,
-/// counted; see [`crate::writes`]). A record the sender owes is never given up: the source
-/// offset stays unfinished until it is in, so a broker outage delays deliveries but loses none.
-/// Prefer [`KafkaWrites::write_record`], which can also cap a record too large for its topic.
-pub async fn produce(ctx: &AttemptContext, topic: &str, key: &str, value: Vec<u8>) {
-    ctx.writes.write_bytes(topic, key, value).await;
 }
 
 /// Tries of the disable write after a 410; past them the next 410 disables it.

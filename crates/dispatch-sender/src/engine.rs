@@ -31,6 +31,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use dispatch_core::timestamp;
+use dispatch_kafka::group_health::{
+    GroupWatch, RejoinReason, Rejoins, count_rejoin, is_fenced_member, retire, stuck_after,
+};
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_proto::dispatch::v1::next_action::{Action, Done};
@@ -144,6 +147,8 @@ struct SharedOffsets {
 /// The consumer's context: rebalance handling.
 struct SenderContext {
     shared: Arc<Mutex<SharedOffsets>>,
+    /// The group handler's state, to notice one that lost its coordinator for good.
+    watch: GroupWatch,
     drain_timeout: Duration,
     group: String,
     topic_prefix: String,
@@ -151,6 +156,7 @@ struct SenderContext {
 
 impl ClientContext for SenderContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.watch.observe(&statistics);
         // Lag on the retry tiers is expected: records wait there until they are due.
         dispatch_kafka::lag::record_consumer_lag(
             &self.group,
@@ -210,10 +216,15 @@ impl ConsumerContext for SenderContext {
             shared.revoked.extend(revoked.iter().cloned());
         }
         // Commit exactly what finished (the stored offsets).
+        let commit_started = Instant::now();
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(%error, "commit on revoke");
         }
-        info!(partitions = revoked.len(), "partitions revoked");
+        info!(
+            partitions = revoked.len(),
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            "partitions revoked"
+        );
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -266,6 +277,9 @@ struct Held {
 const SEEK_RETRY_START: Duration = Duration::from_millis(200);
 /// Longest pause between seeks of a held partition.
 const SEEK_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the loop looks at its consumer group handler's health (see
+/// [`Engine::replace_consumer`]).
+const GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The pause before the next seek after `failures` failed ones in a row.
 fn seek_retry_delay(failures: u32) -> Duration {
@@ -295,6 +309,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// The sender: build it, then [`run`](Self::run) it.
 pub struct Engine {
     consumer: Arc<StreamConsumer<SenderContext>>,
+    /// What the consumer is made from, to make a fresh one after it was fenced.
+    kafka: dispatch_kafka::KafkaConfig,
+    /// The topics the consumer subscribes to.
+    topics: Vec<String>,
+    /// When a fenced consumer may be replaced (see [`Engine::replace_consumer`]).
+    rejoins: Rejoins,
     ctx: AttemptContext,
     view: Arc<SubscriptionView>,
     shared: Arc<Mutex<SharedOffsets>>,
@@ -360,6 +380,47 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The sender's group consumer, subscribed to `topics`, with the rebalance handling of
+/// [`SenderContext`] on `shared`.
+fn group_consumer(
+    kafka: &dispatch_kafka::KafkaConfig,
+    config: &SenderConfig,
+    shared: &Arc<Mutex<SharedOffsets>>,
+    topics: &[String],
+) -> Result<StreamConsumer<SenderContext>> {
+    let consumer: StreamConsumer<SenderContext> = kafka
+        // Static membership and the session timeout: see KafkaConfig::instance_id.
+        .group_member_config(&config.group_id, "sender")
+        // Offsets are stored by us when a record is finished and committed by librdkafka
+        // periodically, plus synchronously on revoke and shutdown.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        // The broker answers a fetch as soon as data is there; this bounds how long it
+        // holds one when there is none yet. librdkafka's 500 ms held the first fetch after
+        // every assignment that long while the records were already arriving (measured:
+        // docs/benchmarks.md), delaying the first deliveries after each rebalance.
+        .set("fetch.wait.max.ms", "100")
+        .set(
+            "statistics.interval.ms",
+            dispatch_kafka::lag::statistics_interval(kafka),
+        )
+        .create_with_context(SenderContext {
+            shared: Arc::clone(shared),
+            watch: GroupWatch::default(),
+            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            group: config.group_id.clone(),
+            topic_prefix: kafka.topic_prefix.clone(),
+        })
+        .map_err(Error::Kafka)?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs).map_err(Error::Kafka)?;
+    info!(?topics, "sender subscribed");
+    Ok(consumer)
+}
+
 impl Engine {
     /// Creates the consumer and subscribes to deliveries, `lanes` and every tier of the
     /// schedule.
@@ -371,32 +432,6 @@ impl Engine {
         view: Arc<SubscriptionView>,
     ) -> Result<Self> {
         let shared = Arc::new(Mutex::new(SharedOffsets::default()));
-        let consumer: StreamConsumer<SenderContext> = kafka
-            // Static membership and the session timeout: see KafkaConfig::instance_id.
-            .group_member_config(&config.group_id, "sender")
-            // Offsets are stored by us when a record is finished and committed by librdkafka
-            // periodically, plus synchronously on revoke and shutdown.
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            // The broker answers a fetch as soon as data is there; this bounds how long it
-            // holds one when there is none yet. librdkafka's 500 ms held the first fetch after
-            // every assignment that long while the records were already arriving (measured:
-            // docs/benchmarks.md), delaying the first deliveries after each rebalance.
-            .set("fetch.wait.max.ms", "100")
-            .set(
-                "statistics.interval.ms",
-                dispatch_kafka::lag::statistics_interval(kafka),
-            )
-            .create_with_context(SenderContext {
-                shared: Arc::clone(&shared),
-                drain_timeout: Duration::from_millis(config.drain_timeout_ms),
-                group: config.group_id.clone(),
-                topic_prefix: kafka.topic_prefix.clone(),
-            })
-            .map_err(Error::Kafka)?;
         let names = &ctx.names;
         let tier_topics: BTreeSet<String> = ctx
             .schedule
@@ -412,12 +447,13 @@ impl Engine {
         let mut topics = vec![names.deliveries()];
         topics.extend(lanes.iter().map(|lane| names.lane(lane)));
         topics.extend(tier_topics.iter().cloned());
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topic_refs).map_err(Error::Kafka)?;
-        info!(?topics, "sender subscribed");
+        let consumer = group_consumer(kafka, &config, &shared, &topics)?;
         let (completions_tx, completions) = mpsc::unbounded_channel();
         Ok(Engine {
             consumer: Arc::new(consumer),
+            kafka: kafka.clone(),
+            topics,
+            rejoins: Rejoins::default(),
             semaphore: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             ctx,
             view,
@@ -482,9 +518,16 @@ impl Engine {
     /// Runs until `shutdown` is cancelled, then drains in-flight attempts (until the drain
     /// deadline) and commits what finished.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let consumer = Arc::clone(&self.consumer);
+        let mut consumer = Arc::clone(&self.consumer);
+        let stuck_bound = stuck_after(self.kafka.session_timeout());
+        // The group handler's health comes with the statistics, which `recv` serves without
+        // returning: an idle loop would never look at it.
+        let mut group_check = tokio::time::interval(GROUP_CHECK_INTERVAL);
+        group_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.next_wakeup();
+            let mut fenced = None;
+            let mut check_group = false;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -497,9 +540,11 @@ impl Engine {
                             self.on_record(pending, tier_record);
                         }
                     }
-                    // A fatal consumer error (e.g. fenced: another process joined with this
-                    // one's kafka.instance_id) leaves a consumer that never fetches again:
-                    // exit, so the supervisor restarts or the operator fixes the identity.
+                    // A fenced static membership: a fresh consumer takes it back, within
+                    // bounds (see `Engine::rejoin`).
+                    Err(error) if is_fenced_member(&error) => fenced = Some(error),
+                    // Any other fatal consumer error leaves a consumer that never fetches
+                    // again: exit, so the supervisor restarts the process.
                     Err(error) if dispatch_kafka::client::is_fatal(&error) => {
                         error!(%error, "fatal consumer error; exiting");
                         return Err(Error::Kafka(error));
@@ -507,6 +552,27 @@ impl Engine {
                     Err(error) => warn!(%error, "consumer error"),
                 },
                 () = sleep_until(wake) => self.mark_waiting_endpoints(),
+                _ = group_check.tick() => check_group = true,
+            }
+            if let Some(error) = fenced {
+                let instance = self.kafka.group_instance_id("sender").unwrap_or_default();
+                if !self.rejoins.allow(std::time::Instant::now()) {
+                    error!(%error, instance, "static membership fenced again and again: another process uses this kafka.instance_id; exiting");
+                    return Err(Error::Kafka(error));
+                }
+                warn!(%error, instance, "static membership fenced (a broker stall outlasted the session): rejoining with a fresh consumer");
+                self.replace_consumer(RejoinReason::Fenced)?;
+                consumer = Arc::clone(&self.consumer);
+            } else if check_group
+                && let Some(away) = self.consumer.context().watch.away_for()
+                && away >= stuck_bound
+            {
+                warn!(
+                    away_s = away.as_secs(),
+                    "the consumer group handler lost its coordinator: rejoining with a fresh consumer"
+                );
+                self.replace_consumer(RejoinReason::GroupStuck)?;
+                consumer = Arc::clone(&self.consumer);
             }
             self.purge_revoked();
             self.release_due();
@@ -774,16 +840,30 @@ impl Engine {
     /// attempt — next tier, or the DLQ after the last attempt (see [`crate::not_sent`]).
     fn circuit_open(&mut self, pending: Pending) {
         let ctx = self.ctx.clone();
+        self.finish_after(pending, |task| async move {
+            crate::not_sent::record_circuit_open(&ctx, task).await;
+        });
+    }
+
+    /// Writes what a task owes without attempting it (`write`, given the task) off the loop, and
+    /// finishes its source offset once Kafka acknowledged that — the one way a task leaves the
+    /// engine unattempted (not sent, deferred, skipped, dead-lettered unsent).
+    fn finish_after<W, F>(&self, pending: Pending, write: W)
+    where
+        W: FnOnce(DeliveryTask) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Pending {
+            topic,
+            partition,
+            offset,
+            task,
+        } = pending;
+        let written = write(task);
         let shared = Arc::clone(&self.shared);
         let consumer = Arc::clone(&self.consumer);
         tokio::spawn(async move {
-            let Pending {
-                topic,
-                partition,
-                offset,
-                task,
-            } = pending;
-            crate::not_sent::record_circuit_open(&ctx, task).await;
+            written.await;
             finish(&shared, &consumer, &topic, partition, offset);
         });
     }
@@ -854,15 +934,7 @@ impl Engine {
         };
         metrics::counter!(names::SENDER_DEFERRED_TOTAL, "reason" => reason).increment(1);
         let ctx = self.ctx.clone();
-        let shared = Arc::clone(&self.shared);
-        let consumer = Arc::clone(&self.consumer);
-        tokio::spawn(async move {
-            let Pending {
-                topic,
-                partition,
-                offset,
-                mut task,
-            } = pending;
+        self.finish_after(pending, |mut task| async move {
             let now = SystemTime::now();
             let first_seen = task
                 .first_attempt_at
@@ -879,32 +951,17 @@ impl Engine {
             } else if let Some(deferral) = deferral {
                 task.deferrals += 1;
                 task.not_before = Some(timestamp::from_system_time(deferral.not_before));
-                attempt::produce(
-                    &ctx,
-                    &tier_topic,
-                    &task.subscription_id,
-                    task.encode_to_vec(),
-                )
-                .await;
+                let key = task.subscription_id.clone();
+                ctx.writes.write_record(&tier_topic, &key, task).await;
             }
-            finish(&shared, &consumer, &topic, partition, offset);
         });
     }
 
     fn skip(&mut self, pending: Pending, reason: &'static str) {
         metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => reason).increment(1);
         let ctx = self.ctx.clone();
-        let shared = Arc::clone(&self.shared);
-        let consumer = Arc::clone(&self.consumer);
-        tokio::spawn(async move {
-            record_skipped(&ctx, &pending.task, reason).await;
-            finish(
-                &shared,
-                &consumer,
-                &pending.topic,
-                pending.partition,
-                pending.offset,
-            );
+        self.finish_after(pending, move |task| async move {
+            record_skipped(&ctx, &task, reason).await;
         });
     }
 
@@ -914,17 +971,8 @@ impl Engine {
         metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => "disabled").increment(1);
         let reason = format!("subscription disabled: {}", subscription.disabled_reason);
         let ctx = self.ctx.clone();
-        let shared = Arc::clone(&self.shared);
-        let consumer = Arc::clone(&self.consumer);
-        tokio::spawn(async move {
-            attempt::dead_letter(&ctx, &pending.task, reason, SystemTime::now()).await;
-            finish(
-                &shared,
-                &consumer,
-                &pending.topic,
-                pending.partition,
-                pending.offset,
-            );
+        self.finish_after(pending, |task| async move {
+            attempt::dead_letter(&ctx, &task, reason, SystemTime::now()).await;
         });
     }
 
@@ -1163,6 +1211,32 @@ impl Engine {
         held.chain(endpoints).chain(sweep).chain(resume_retry).min()
     }
 
+    /// Replaces the consumer with a fresh one (same configuration, same `group.instance.id`)
+    /// after librdkafka left it unable to fetch again — fenced, or its group handler away from
+    /// its coordinator for good (see [`dispatch_kafka::group_health`]). Everything taken
+    /// through the old consumer and not finished is forgotten as on a revoke: the fresh
+    /// consumer's partitions start at their committed offsets, and attempts still running
+    /// finish into nothing (at least once: their records are read and sent again).
+    fn replace_consumer(&mut self, reason: RejoinReason) -> Result<()> {
+        count_rejoin(&self.config.group_id, reason);
+        let lost: Vec<(String, i32)> = {
+            let mut shared = lock(&self.shared);
+            let mut lost: Vec<(String, i32)> = shared
+                .offsets
+                .iter()
+                .map(|(topic, partition, _)| (topic.to_owned(), partition))
+                .collect();
+            shared.offsets.revoke_all();
+            shared.running.clear();
+            lost.append(&mut shared.revoked);
+            lost
+        };
+        self.forget_revoked(lost);
+        let consumer = group_consumer(&self.kafka, &self.config, &self.shared, &self.topics)?;
+        retire(std::mem::replace(&mut self.consumer, Arc::new(consumer)));
+        Ok(())
+    }
+
     /// Drops queued and held records of partitions revoked meanwhile: their next owner reads
     /// them from the committed offset.
     fn purge_revoked(&mut self) {
@@ -1241,13 +1315,9 @@ async fn record_skipped(ctx: &AttemptContext, task: &DeliveryTask, reason: &str)
         }),
         ..attempt::record_for(task)
     };
-    attempt::produce(
-        ctx,
-        &ctx.names.attempts(),
-        &task.subscription_id,
-        record.encode_to_vec(),
-    )
-    .await;
+    ctx.writes
+        .write_record(&ctx.names.attempts(), &task.subscription_id, record)
+        .await;
 }
 
 async fn sleep_until(wake: Option<Instant>) {

@@ -13,11 +13,9 @@ use std::time::SystemTime;
 use dispatch_core::outcome::AttemptResult;
 use dispatch_core::timestamp;
 use dispatch_proto::dispatch::v1::{AttemptRecord, AttemptSummary, DeliveryTask};
-use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names;
-use tracing::warn;
 
-use crate::attempt::{self, AttemptContext, Decision};
+use crate::attempt::{self, AttemptContext, Moved};
 
 /// Records `task`'s due attempt as not sent (circuit open) and moves it on: produces the attempt
 /// record and the retry task or dead letter, and returns once Kafka acknowledged them, so the
@@ -47,52 +45,12 @@ pub async fn record_circuit_open(ctx: &AttemptContext, mut task: DeliveryTask) {
             next_action: Some(attempt::next_action(&decision)),
             ..attempt::record_for(&task)
         };
-        // The dead letter carries every attempt, not-sent ones included.
-        task.attempts.push(summary);
-        let attempts_topic = ctx.names.attempts();
-        let attempt_sent = attempt::produce(
-            ctx,
-            &attempts_topic,
-            &task.subscription_id,
-            record.encode_to_vec(),
-        );
-        match decision {
-            Decision::RetryNow { next_attempt } => {
-                attempt_sent.await;
-                task.attempt = next_attempt;
-                metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => "immediate").increment(1);
-            }
-            Decision::RetryLater {
-                next_attempt,
-                tier,
-                not_before,
-            } => {
-                let mut next = task.clone();
-                next.attempt = next_attempt;
-                next.not_before = Some(timestamp::from_system_time(not_before));
-                let tier_topic = ctx.names.retry_tier(&tier);
-                let retry_sent = attempt::produce(
-                    ctx,
-                    &tier_topic,
-                    &task.subscription_id,
-                    next.encode_to_vec(),
-                );
-                tokio::join!(attempt_sent, retry_sent);
-                metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier).increment(1);
-                return;
-            }
-            Decision::Dead { reason, .. } => {
-                // Never `disable`: only a 410 disables, and nothing was sent here.
-                let dead_sent = attempt::dead_letter(ctx, &task, reason.clone(), now);
-                tokio::join!(attempt_sent, dead_sent);
-                warn!(delivery_id = %task.delivery_id, subscription_id = %task.subscription_id, %reason, "delivery dead-lettered (circuit open)");
-                return;
-            }
-            Decision::Delivered => {
-                // A not-sent attempt is classified as a failure; nothing to deliver.
-                attempt_sent.await;
-                return;
-            }
+        // Never `disable` (only a 410 disables, and nothing was sent): the decision for a
+        // not-sent attempt is a retry or a dead letter, carried out like any attempt's.
+        if let Moved::Left(_) =
+            attempt::record_and_move_on(ctx, &mut task, record, summary, decision, now).await
+        {
+            return;
         }
     }
 }

@@ -85,6 +85,9 @@ pub const API_DEAD_LETTERS_REPLAYED_TOTAL: &str = "dispatch_api_dead_letters_rep
 
 /// Gauge, labels `group`, `topic`, `partition`: consumer lag from librdkafka statistics.
 pub const KAFKA_CONSUMER_LAG_RECORDS: &str = "dispatch_kafka_consumer_lag_records";
+/// Counter, labels `group`, `reason` (`fenced` | `group_stuck`): consumers replaced by a fresh
+/// one (see `dispatch_kafka::group_health`).
+pub const KAFKA_CONSUMER_REJOINS_TOTAL: &str = "dispatch_kafka_consumer_rejoins_total";
 
 // --- the catalogue ------------------------------------------------------------------------------
 
@@ -338,6 +341,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "records",
         labels: &["group", "topic", "partition"],
         help: "Consumer lag per partition, from librdkafka statistics: the roles' consumer groups, and the admin API's topic readers (group `reader:<topic>`).",
+    },
+    MetricSpec {
+        name: KAFKA_CONSUMER_REJOINS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "consumers",
+        labels: &["group", "reason"],
+        help: "Consumers replaced by a fresh one after a broker stall outlasting the session: static membership fenced, or the group handler away from its coordinator too long.",
     },
 ];
 

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dispatch_core::catalog::{self, Family};
 use dispatch_core::event_input::PublishableEvent;
+use dispatch_e2e::own_broker::OwnBroker;
 use dispatch_e2e::{
     KillOnDrop, free_port, group_committed_total, payload, read_expecting, record_count,
     terminate_cleanly, unique_prefix,
@@ -34,49 +34,6 @@ const BROKER_PORT: u16 = 39092;
 /// The fan-out's Kafka request timeout; the pause lasts longer.
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 const PAUSE: Duration = Duration::from_secs(12);
-
-/// A single broker started through `kafka.sh` for this test, stopped when dropped (also when
-/// the test fails half-way, paused or not: `kafka.sh stop` resumes a paused broker first).
-struct OwnBroker {
-    script: PathBuf,
-    env: Vec<(&'static str, String)>,
-}
-
-impl OwnBroker {
-    fn start(run_dir: &std::path::Path) -> Self {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kafka/kafka.sh");
-        let mut env = vec![
-            ("KAFKA_PORT", BROKER_PORT.to_string()),
-            ("KAFKA_RUN_DIR", run_dir.display().to_string()),
-        ];
-        if let Ok(cache) = std::env::var("KAFKA_CACHE_DIR") {
-            env.push(("KAFKA_CACHE_DIR", cache));
-        }
-        let broker = OwnBroker { script, env };
-        // A broker left over by an earlier, killed run of this test would hold the port.
-        broker.run(&["stop"]);
-        assert!(
-            broker.run(&["start"]),
-            "kafka.sh start on port {BROKER_PORT}"
-        );
-        broker
-    }
-
-    fn run(&self, args: &[&str]) -> bool {
-        Command::new(&self.script)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .status()
-            .map(|status| status.success())
-            .unwrap_or(false)
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.run(&["stop"]);
-    }
-}
 
 fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path, port: u16) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
@@ -102,8 +59,8 @@ async fn a_broker_paused_mid_commit_leaves_every_task_exactly_once() {
     let prefix = unique_prefix("fanout-pause");
     let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let broker = OwnBroker::start(&dir.join("kafka"));
-    let bootstrap = format!("127.0.0.1:{BROKER_PORT}");
+    let broker = OwnBroker::start(BROKER_PORT, &dir.join("kafka"));
+    let bootstrap = broker.bootstrap();
     let config = KafkaConfig {
         bootstrap_servers: bootstrap.clone(),
         topic_prefix: prefix.clone(),
@@ -213,9 +170,9 @@ listen = "127.0.0.1:0"
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done_at_pause = group_committed_total(&config, &format!("{prefix}fanout"), &domain);
-    assert!(broker.run(&["pause", "1"]), "kafka.sh pause 1");
+    broker.pause();
     tokio::time::sleep(PAUSE).await;
-    assert!(broker.run(&["resume", "1"]), "kafka.sh resume 1");
+    broker.resume();
     assert!(
         done_at_pause < EVENTS as i64,
         "the fan-out finished before the pause ({done_at_pause} events); the test proves nothing"

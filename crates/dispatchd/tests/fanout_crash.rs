@@ -118,7 +118,7 @@ listen = "127.0.0.1:0"
 
     let mut child = spawn_fanout(&config_file, &log, 0);
 
-    // Publish in the background, flat out, while the fan-out runs.
+    // Publish in the background, paced, while the fan-out runs.
     let publisher = EventPublisher::new(&config).expect("publisher");
     let payload_example = catalog::lookup("map.region.progress")
         .expect("known")
@@ -148,6 +148,10 @@ listen = "127.0.0.1:0"
                 }
             });
             futures_join_all(sends).await;
+            // Paced (about 1,000 events/s): flat out, publishing and the fan-out could both be
+            // done before the loop below notices a third of the work, and the kill would find
+            // nothing left to recover.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
 

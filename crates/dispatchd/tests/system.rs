@@ -106,28 +106,11 @@ fn publish(config_file: &std::path::Path, generation: &str) -> String {
     published["id"].as_str().expect("event id").to_owned()
 }
 
-fn verifies(request: &Received, secret: &SigningSecret) -> bool {
-    let headers =
-        ReceivedHeaders::from_lookup(|name| request.headers.get(name).map(String::as_str));
-    signing::verify(
-        secret,
-        &headers,
-        &request.body,
-        SystemTime::now(),
-        signing::DEFAULT_TOLERANCE,
-    )
-    .is_ok()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_publish_deliver_fail_dead_letter_replay_rotate() {
-    let prefix = unique_prefix("system");
-    let dir = std::env::temp_dir().join(format!("dispatchd-system-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let config_file = dir.join("dispatchd.toml");
-    let log = dir.join("all.log");
+/// Writes a configuration for `dispatchd all` on `bootstrap` with topics under `prefix`;
+/// returns the admin API's and the metrics' ports.
+fn write_config(config_file: &std::path::Path, bootstrap: &str, prefix: &str) -> (u16, u16) {
     let (api_port, metrics_port) = (free_port(), free_port());
-    let mut file = std::fs::File::create(&config_file).expect("config file");
+    let mut file = std::fs::File::create(config_file).expect("config file");
     write!(
         file,
         r#"
@@ -167,11 +150,32 @@ listen = "127.0.0.1:{api_port}"
 token = "{TOKEN}"
 account_id = "{ACCOUNT}"
 "#,
-        bootstrap = bootstrap(),
     )
     .expect("write config");
-    drop(file);
+    (api_port, metrics_port)
+}
 
+fn verifies(request: &Received, secret: &SigningSecret) -> bool {
+    let headers =
+        ReceivedHeaders::from_lookup(|name| request.headers.get(name).map(String::as_str));
+    signing::verify(
+        secret,
+        &headers,
+        &request.body,
+        SystemTime::now(),
+        signing::DEFAULT_TOLERANCE,
+    )
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_publish_deliver_fail_dead_letter_replay_rotate() {
+    let prefix = unique_prefix("system");
+    let dir = std::env::temp_dir().join(format!("dispatchd-system-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let config_file = dir.join("dispatchd.toml");
+    let log = dir.join("all.log");
+    let (api_port, metrics_port) = write_config(&config_file, &bootstrap(), &prefix);
     let ensured = dispatchd(&config_file)
         .args(["topics", "ensure", "--strict"])
         .output()
@@ -232,7 +236,17 @@ account_id = "{ACCOUNT}"
             "{letter}"
         );
     }
-    assert_eq!(receiver.received("/fail").len(), 9);
+    // The breaker is on (default threshold): an attempt that fell due while it was open is
+    // recorded as not sent and still counts. Every attempt shown as sent reached the endpoint.
+    let sent_attempts = dead["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .flat_map(|letter| letter["attempts"].as_array().expect("attempts"))
+        .filter(|attempt| attempt["outcome"] != "circuit_open")
+        .count();
+    let sent_before_replay = receiver.received("/fail").len();
+    assert_eq!(sent_before_replay, sent_attempts, "{dead}");
     let deliveries = api
         .poll(&format!("/v1/events/{}/deliveries", events[0]), |body| {
             body["data"].as_array().is_some_and(|a| a.len() == 2)
@@ -260,9 +274,11 @@ account_id = "{ACCOUNT}"
         .await;
     assert_eq!(status, 202, "{replayed}");
     assert_eq!(replayed["count"], 3, "{replayed}");
-    let after = receiver.wait_for("/fail", 12, WAIT).await;
-    assert_eq!(after.len(), 12);
-    let mut replayed_events: Vec<&str> = after[9..]
+    let after = receiver
+        .wait_for("/fail", sent_before_replay + 3, WAIT)
+        .await;
+    assert_eq!(after.len(), sent_before_replay + 3);
+    let mut replayed_events: Vec<&str> = after[sent_before_replay..]
         .iter()
         .map(|r| r.headers["webhook-id"].as_str())
         .collect();
@@ -270,7 +286,11 @@ account_id = "{ACCOUNT}"
     let mut expected: Vec<&str> = events.iter().map(String::as_str).collect();
     expected.sort_unstable();
     assert_eq!(replayed_events, expected, "each dead event exactly once");
-    assert!(after[9..].iter().all(|r| verifies(r, &fail_secret)));
+    assert!(
+        after[sent_before_replay..]
+            .iter()
+            .all(|r| verifies(r, &fail_secret))
+    );
     let (_, dlq) = api
         .call("GET", &format!("/v1/dlq?subscription_id={fail_id}"), None)
         .await;
@@ -318,5 +338,208 @@ account_id = "{ACCOUNT}"
     }
 
     terminate_cleanly(&mut [&mut child], &log).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The broker of the freeze test: neither the shared one (19092), the fault suite's
+/// (29092–29197) nor the fan-out pause test's (39092).
+const FREEZE_BROKER_PORT: u16 = 39192;
+/// As long as the stall an operator saw (issue 12, item 7): well past the 10 s session of the
+/// static members, so both consumer groups' sessions time out while the broker is frozen.
+const FREEZE: Duration = Duration::from_secs(45);
+/// How soon after the thaw a subscription write must succeed again.
+const RECOVERY: Duration = Duration::from_secs(10);
+
+/// Issue 12, item 7: the broker frozen (SIGSTOP) for 45 s while `dispatchd all` delivers under
+/// load, with static membership on (`kafka.instance_id`, as in the dev configuration), then
+/// thawed. Subscription writes through the API succeed again within 10 s of the thaw, the
+/// process is still running, and every event whose publish was acknowledged is delivered.
+///
+/// Found by this test's first runs: after the thaw, librdkafka fenced the fan-out's own static
+/// membership (its session had timed out; `FENCED_INSTANCE_ID` is a fatal consumer error) and
+/// the fan-out logged the error and went on polling a consumer that never fetched again — no
+/// event after the thaw was fanned out. Now a fenced consumer is replaced by a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_frozen_under_load_is_recovered_from_in_seconds() {
+    use dispatch_core::catalog::{self, Family};
+    use dispatch_core::event_input::PublishableEvent;
+    use dispatch_e2e::own_broker::OwnBroker;
+    use dispatch_kafka::publish::EventPublisher;
+    use dispatch_proto::events::v1::Event;
+
+    let prefix = unique_prefix("freeze");
+    let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let broker = OwnBroker::start(FREEZE_BROKER_PORT, &dir.join("kafka"));
+    let config_file = dir.join("dispatchd.toml");
+    let log = dir.join("all.log");
+    let (api_port, metrics_port) = write_config(&config_file, &broker.bootstrap(), &prefix);
+    let ensured = dispatchd(&config_file)
+        .args(["topics", "ensure", "--strict"])
+        .output()
+        .expect("topics ensure runs");
+    assert!(
+        ensured.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ensured.stderr)
+    );
+    let mut child = dispatchd(&config_file)
+        .arg("all")
+        .env("DISPATCH_KAFKA__INSTANCE_ID", "freeze")
+        // Diagnosis knobs: FREEZE_RDKAFKA_DEBUG=cgrp,broker and
+        // FREEZE_RUST_LOG=info,librdkafka=debug put librdkafka's group and connection states
+        // into the log (how the stuck group handler was found).
+        .envs(
+            std::env::var("FREEZE_RDKAFKA_DEBUG")
+                .ok()
+                .map(|debug| ("DISPATCH_KAFKA__LIBRDKAFKA__DEBUG", debug)),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("FREEZE_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .map(KillOnDrop)
+        .expect("dispatchd all starts");
+    let (status, body) = http_get(metrics_port, "/readyz").await;
+    assert_eq!(status, 200, "{body}; see {}", log.display());
+    let api = Api { port: api_port };
+    let receiver = Receiver::start().await;
+    api.subscribe(&receiver.url("/freeze")).await;
+
+    // Load: 20 events every 100 ms from now until a few seconds after the thaw. A publish the
+    // frozen broker never acknowledged is not owed (it may still arrive: at least once).
+    let config = dispatch_kafka::KafkaConfig {
+        bootstrap_servers: broker.bootstrap(),
+        topic_prefix: prefix.clone(),
+        ..dispatch_kafka::KafkaConfig::default()
+    };
+    let publisher = EventPublisher::new(&config).expect("publisher");
+    let example = catalog::lookup("image.generation.started")
+        .expect("known")
+        .example_payload()
+        .expect("example");
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let stop_load = std::sync::Arc::clone(&stop_load);
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut next = 0;
+            while !stop_load.load(std::sync::atomic::Ordering::SeqCst) {
+                let sends = (next..next + 20).map(|index| {
+                    let event = PublishableEvent {
+                        event: Event {
+                            id: format!("evt_freeze_{index:05}"),
+                            r#type: "image.generation.started".into(),
+                            account_id: ACCOUNT.into(),
+                            occurred_at: Some(dispatch_core::timestamp::from_system_time(
+                                SystemTime::now(),
+                            )),
+                            region: String::new(),
+                            attributes: Default::default(),
+                            payload: Some(example.clone()),
+                        },
+                        family: Family::Image,
+                    };
+                    let publisher = publisher.clone();
+                    tokio::spawn(async move {
+                        publisher.publish(&event).await.ok().map(|_| event.event.id)
+                    })
+                });
+                let sends: Vec<_> = sends.collect();
+                for send in sends {
+                    acknowledged.extend(send.await.expect("publish task"));
+                }
+                next += 20;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            acknowledged
+        }
+    });
+    // Deliveries are flowing before the freeze.
+    assert!(
+        !receiver.wait_for("/freeze", 100, WAIT).await.is_empty(),
+        "nothing delivered before the freeze; see {}",
+        log.display()
+    );
+
+    broker.pause();
+    tokio::time::sleep(FREEZE).await;
+    broker.resume();
+    let thawed = Instant::now();
+    let mut last = String::new();
+    let written_after = loop {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/subscriptions",
+                Some(&json!({"url": receiver.url("/after"), "event_types": ["map.**"]})),
+            )
+            .await;
+        if status == 201 {
+            break thawed.elapsed();
+        }
+        last = format!("{status}: {body}");
+        assert!(
+            thawed.elapsed() < Duration::from_secs(120),
+            "no subscription write succeeded within 120 s of the thaw (last: {last}); see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        written_after <= RECOVERY,
+        "the first subscription write after the thaw succeeded only after {written_after:?} (last refusal: {last}); see {}",
+        log.display()
+    );
+
+    // Load goes on past the thaw, then every acknowledged event must arrive.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acknowledged = load.await.expect("load task");
+    assert!(!acknowledged.is_empty(), "no publish was acknowledged");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        let arrived: std::collections::HashSet<String> = receiver
+            .received("/freeze")
+            .into_iter()
+            .map(|request| request.headers["webhook-id"].clone())
+            .collect();
+        let missing: Vec<&String> = acknowledged
+            .iter()
+            .filter(|id| !arrived.contains(*id))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing.len();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged events never delivered; see {}",
+        acknowledged.len(),
+        log.display()
+    );
+    assert!(
+        child.try_wait().expect("child status").is_none(),
+        "dispatchd all exited; see {}",
+        log.display()
+    );
+    // Which way out librdkafka's states took this run (none, when no session timed out).
+    let (_, metrics) = http_get(metrics_port, "/metrics").await;
+    let rejoins: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("dispatch_kafka_consumer_rejoins_total"))
+        .collect();
+    eprintln!(
+        "first write {:.1} s after the thaw; {} events delivered; consumers replaced: {rejoins:?}",
+        written_after.as_secs_f64(),
+        acknowledged.len()
+    );
+    terminate_cleanly(&mut [&mut child], &log).await;
+    drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
