@@ -645,10 +645,16 @@ async fn kill_restart(
     Ok(verdict)
 }
 
+/// How soon after a broker freeze deliveries must flow again: a consumer librdkafka leaves
+/// stuck outside its group is replaced after twice the session (20 s with the default 10 s,
+/// `dispatch_kafka::group_health::stuck_after`), then rejoins within seconds.
+const FREEZE_DELIVERY_TARGET: Duration = Duration::from_secs(30);
+
 /// `broker-freeze`: on a broker of its own, the broker frozen with SIGSTOP for
 /// `--freeze-seconds` a third of the way into the load, then thawed; subscription writes
 /// through the admin API are tried every 200 ms from the thaw until one succeeds, and the time
-/// to it is reported (held to [`RECOVERY_TARGET`]); then the ledger.
+/// to it is reported (held to [`RECOVERY_TARGET`]), as is the time to the first delivery after
+/// the thaw (held to [`FREEZE_DELIVERY_TARGET`]); then the ledger.
 async fn broker_freeze(
     env: &Environment,
     load: Load,
@@ -694,6 +700,7 @@ async fn broker_freeze(
         tokio::time::sleep(Duration::from_secs(args.freeze_seconds)).await;
         broker.signal("resume", 1)?;
         let thawed = std::time::Instant::now();
+        let thawed_at = harness.fleet.elapsed();
         let mut last = String::new();
         let mut written_after = None;
         for n in 1.. {
@@ -720,6 +727,31 @@ async fn broker_freeze(
             )
         );
         let verdict = finish_load(&harness, publishing).await?;
+        // Deliveries resume once both roles' consumers are back in their groups: at once, or
+        // after a consumer librdkafka left stuck was replaced (dispatch_kafka::group_health).
+        let mut resumed_after: Option<Duration> = None;
+        harness.fleet.for_each(|_, _, reception| {
+            if reception.first_at > thawed_at {
+                let after = reception.first_at - thawed_at;
+                resumed_after = Some(resumed_after.map_or(after, |best| best.min(after)));
+            }
+        });
+        let resumed = resumed_after.map_or_else(
+            || "no delivery after the thaw".to_owned(),
+            |after| format!("first delivery {:.1} s after the thaw", after.as_secs_f64()),
+        );
+        println!("broker-freeze: {resumed}");
+        match resumed_after {
+            Some(after) if after <= FREEZE_DELIVERY_TARGET => checks.push(format!(
+                "broker frozen {} s; {resumed}",
+                args.freeze_seconds
+            )),
+            _ => failures.push(format!(
+                "broker frozen {} s; {resumed} (target {} s)",
+                args.freeze_seconds,
+                FREEZE_DELIVERY_TARGET.as_secs()
+            )),
+        }
         match written_after {
             Some(after) if after <= RECOVERY_TARGET => checks.push(format!(
                 "broker frozen {} s; first subscription write succeeded {:.1} s after the thaw",

@@ -326,15 +326,28 @@ async fn subscribe_publish_deliver_fail_dead_letter_replay_rotate() {
     );
 
     // One process, every role's lag on one gauge: both consumer groups and the API's readers.
-    let (_, metrics) = http_get(metrics_port, "/metrics").await;
-    for group in [
+    // The gauge comes with librdkafka's statistics, every 5 s: the test can be quicker.
+    let lines: Vec<String> = [
         format!("{prefix}fanout"),
         format!("{prefix}sender"),
         "reader:dispatch.attempts".to_owned(),
         "reader:dispatch.dlq".to_owned(),
-    ] {
-        let line = format!("dispatch_kafka_consumer_lag_records{{group=\"{group}\"");
-        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    ]
+    .iter()
+    .map(|group| format!("dispatch_kafka_consumer_lag_records{{group=\"{group}\""))
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(metrics_port, "/metrics").await;
+        let missing: Vec<&String> = lines.iter().filter(|l| !metrics.contains(*l)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing:?} missing from:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     terminate_cleanly(&mut [&mut child], &log).await;
