@@ -281,6 +281,52 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts `dispatchd` (the binary at `binary`: a test crate passes its
+/// `env!("CARGO_BIN_EXE_dispatchd")`) running `role` (`fanout`, `sender`, `api`, `all`) with
+/// `config_file`, its metrics on `metrics_port`, its log appended to `log`.
+pub fn spawn_role(
+    binary: impl AsRef<std::path::Path>,
+    role: &str,
+    config_file: &std::path::Path,
+    log: &std::path::Path,
+    metrics_port: u16,
+) -> KillOnDrop {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    std::process::Command::new(binary.as_ref())
+        .arg("--config")
+        .arg(config_file)
+        .arg(role)
+        .env(
+            "DISPATCH_METRICS__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap_or_else(|e| panic!("dispatchd {role} starts: {e}"))
+}
+
+/// Awaits all futures, run concurrently as tasks (a tiny `join_all`, to keep the test crates'
+/// dependencies small).
+pub async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
+}
+
 /// Sends SIGTERM to each child, then waits (at most 30 s each) for every one to exit, asserting
 /// a clean exit 0 — what a graceful drain must end in. `log` is named in the failure message.
 pub async fn terminate_cleanly(children: &mut [&mut KillOnDrop], log: &std::path::Path) {

@@ -7,14 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dispatch_core::catalog::{self, Family};
 use dispatch_core::event_input::PublishableEvent;
 use dispatch_e2e::own_broker::OwnBroker;
 use dispatch_e2e::{
-    KillOnDrop, free_port, group_committed_total, payload, read_expecting, record_count,
+    free_port, group_committed_total, http_get, payload, read_expecting, record_count, spawn_role,
     terminate_cleanly, unique_prefix,
 };
 use dispatch_kafka::KafkaConfig;
@@ -27,6 +26,9 @@ use dispatch_proto::events::v1::Event;
 use dispatch_proto::prost::Message as _;
 use dispatch_proto::wkt::Timestamp;
 
+/// The binary under test.
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
+
 const EVENTS: usize = 6000;
 const SUBSCRIBERS: usize = 3;
 /// The broker of this test: not the shared one (19092) nor the fault suite's (29092–29097).
@@ -34,25 +36,6 @@ const BROKER_PORT: u16 = 39092;
 /// The fan-out's Kafka request timeout; the pause lasts longer.
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 const PAUSE: Duration = Duration::from_secs(12);
-
-fn spawn_fanout(config_file: &std::path::Path, log: &std::path::Path, port: u16) -> KillOnDrop {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-        .args(["--config"])
-        .arg(config_file)
-        .arg("fanout")
-        .env("DISPATCH_METRICS__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .expect("dispatchd fanout starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_paused_mid_commit_leaves_every_task_exactly_once() {
@@ -149,7 +132,7 @@ listen = "127.0.0.1:0"
     .expect("write config");
     drop(file);
     let metrics_port = free_port();
-    let mut child = spawn_fanout(&config_file, &log, metrics_port);
+    let mut child = spawn_role(DISPATCHD, "fanout", &config_file, &log, metrics_port);
 
     // Pause once a good part is written (uncommitted records count too): commits run back to
     // back under this load, so the pause lands in the middle of one.
@@ -219,6 +202,20 @@ listen = "127.0.0.1:0"
         "(missing, duplicated, records) with read_committed; see {}",
         log.display()
     );
+
+    // The stall met a transactional call in flight, and it was made again (the path this test
+    // is about) rather than answered with an abort that librdkafka refuses.
+    let (_, metrics) = http_get(metrics_port, "/metrics").await;
+    let retried: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("dispatch_fanout_transaction_retries_total{"))
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "no transactional call was retried: the pause missed the transactions; see {}",
+        log.display()
+    );
+    eprintln!("transactional calls made again: {retried:?}");
 
     terminate_cleanly(&mut [&mut child], &log).await;
     drop(broker);

@@ -4,14 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dispatch_core::catalog::{self, Family};
 use dispatch_core::event_input::PublishableEvent;
 use dispatch_e2e::{
-    KillOnDrop, bootstrap, free_port, group_committed_total, http_get, kafka_config, payload,
-    read_expecting, record_count, terminate_cleanly, unique_prefix,
+    bootstrap, free_port, group_committed_total, http_get, join_all, kafka_config, payload,
+    read_expecting, record_count, spawn_role, terminate_cleanly, unique_prefix,
 };
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::publish::EventPublisher;
@@ -22,36 +21,11 @@ use dispatch_proto::events::v1::Event;
 use dispatch_proto::prost::Message as _;
 use dispatch_proto::wkt::Timestamp;
 
+/// The binary under test.
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
+
 const EVENTS: usize = 3000;
 const SUBSCRIBERS: usize = 3;
-
-/// A `dispatchd fanout` child process configured through a file (the librdkafka pass-through
-/// keys contain dots, which environment variables cannot carry).
-fn spawn_fanout(
-    config_file: &std::path::Path,
-    log: &std::path::Path,
-    metrics_port: u16,
-) -> KillOnDrop {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-        .args(["--config"])
-        .arg(config_file)
-        .arg("fanout")
-        .env(
-            "DISPATCH_METRICS__LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .expect("dispatchd fanout starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_yields_every_pair_exactly_once() {
@@ -116,7 +90,7 @@ listen = "127.0.0.1:0"
     .expect("write config");
     drop(file);
 
-    let mut child = spawn_fanout(&config_file, &log, 0);
+    let mut child = spawn_role(DISPATCHD, "fanout", &config_file, &log, 0);
 
     // Publish in the background, paced, while the fan-out runs.
     let publisher = EventPublisher::new(&config).expect("publisher");
@@ -147,7 +121,7 @@ listen = "127.0.0.1:0"
                     publisher.publish(&event).await.expect("publish");
                 }
             });
-            futures_join_all(sends).await;
+            join_all(sends).await;
             // Paced (about 1,000 events/s): flat out, publishing and the fan-out could both be
             // done before the loop below notices a third of the work, and the kill would find
             // nothing left to recover.
@@ -182,7 +156,7 @@ listen = "127.0.0.1:0"
     );
 
     let metrics_port = free_port();
-    let mut child = spawn_fanout(&config_file, &log, metrics_port);
+    let mut child = spawn_role(DISPATCHD, "fanout", &config_file, &log, metrics_port);
     publishing.await.expect("publisher finished");
 
     // Everything, exactly once, as a read_committed consumer sees it; reading on a few seconds
@@ -262,15 +236,4 @@ listen = "127.0.0.1:0"
     );
     assert_eq!(records.len(), expected);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A port nothing listens on right now (the OS picks it; the child binds it a moment later).
-/// Awaits all futures concurrently (a tiny join_all, to keep the test's dependencies small).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
-    futures: impl Iterator<Item = F>,
-) {
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    for handle in handles {
-        handle.await.expect("task");
-    }
 }

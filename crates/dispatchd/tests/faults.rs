@@ -68,13 +68,20 @@ async fn garbage_on_a_domain_topic_is_quarantined_and_the_rest_delivered() {
 
 /// Issue 12 item 7: a sender, then a fan-out, killed with SIGKILL under load and restarted at
 /// once (static group membership: the restarted process takes its partitions back). Deliveries
-/// resume — the load goes on after each restart and every owed pair arrives — and nothing is
-/// lost. How long deliveries stopped is measured and printed (the gap is a benchmark figure,
-/// `make faults` holds it to 10 s), not asserted here.
+/// resume — the load goes on after each restart and every owed pair arrives — nothing is lost,
+/// and after each kill a delivery arrives again within the 5 s window the scenario watches
+/// (a third of the load). That is a recovery property, not a speed figure: with dynamic
+/// membership the partitions wait for the broker to expire the dead member (the session,
+/// 10 s; 45 s before issue 12), and the window stays silent. The gap itself is printed; `make
+/// faults` reports it as a figure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_and_a_fanout_killed_and_restarted_at_once_resume_and_lose_nothing() {
     let env = Environment::with_dispatchd(&bootstrap(), Path::new(env!("CARGO_BIN_EXE_dispatchd")));
-    let result = run_one(&env, Fault::KillRestart, LOAD)
+    let load = Load {
+        rate: LOAD.rate,
+        seconds: 15,
+    };
+    let result = run_one(&env, Fault::KillRestart, load)
         .await
         .unwrap_or_else(|e| panic!("kill-restart could not run: {e:#}"));
     println!("{}", result.line());
@@ -86,13 +93,13 @@ async fn a_sender_and_a_fanout_killed_and_restarted_at_once_resume_and_lose_noth
         "{}",
         result.line()
     );
-    let restarted = result
+    // A restart whose silence reached the window (or 10 s) is reported among the failures.
+    let resumed = result
         .checks
         .iter()
-        .chain(&result.failures)
         .filter(|line| line.contains("killed and restarted at once (static membership"))
         .count();
-    assert_eq!(restarted, 2, "{}", result.line());
+    assert_eq!(resumed, 2, "{}", result.line());
     assert!(
         !result
             .failures

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +13,7 @@ use dispatch_core::signing::SigningSecret;
 use dispatch_core::timestamp;
 use dispatch_e2e::receiver::{Receiver, Script};
 use dispatch_e2e::{
-    KillOnDrop, bootstrap, free_port, http_get, kafka_config, terminate_cleanly, unique_prefix,
+    bootstrap, free_port, http_get, kafka_config, spawn_role, terminate_cleanly, unique_prefix,
 };
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
@@ -24,36 +23,13 @@ use dispatch_proto::prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
+/// The binary under test.
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
+
 const SUBSCRIPTIONS: usize = 5;
 const PER_SUBSCRIPTION: usize = 400;
 const PARTITIONS: i32 = 3;
 const WINDOW: usize = 100;
-
-fn spawn_sender(
-    config_file: &std::path::Path,
-    log: &std::path::Path,
-    metrics_port: u16,
-) -> KillOnDrop {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-        .arg("--config")
-        .arg(config_file)
-        .arg("sender")
-        .env(
-            "DISPATCH_METRICS__LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(KillOnDrop)
-        .expect("dispatchd sender starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_restart_and_scale_out_lose_no_delivery() {
@@ -193,7 +169,7 @@ listen = "127.0.0.1:0"
     };
 
     // Kill the first sender hard once a good part has arrived.
-    let mut first = spawn_sender(&config_file, &log, free_port());
+    let mut first = spawn_role(DISPATCHD, "sender", &config_file, &log, free_port());
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(120);
     while received_ids(&receiver).len() < expected.len() / 4 {
@@ -219,10 +195,10 @@ listen = "127.0.0.1:0"
     );
 
     // Restart it, and let a second sender join while the rest flows.
-    let mut restarted = spawn_sender(&config_file, &log, free_port());
+    let mut restarted = spawn_role(DISPATCHD, "sender", &config_file, &log, free_port());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second_metrics = free_port();
-    let mut second = spawn_sender(&config_file, &log, second_metrics);
+    let mut second = spawn_role(DISPATCHD, "sender", &config_file, &log, second_metrics);
 
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {

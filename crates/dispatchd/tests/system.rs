@@ -155,6 +155,37 @@ account_id = "{ACCOUNT}"
     (api_port, metrics_port)
 }
 
+/// `dispatchd topics ensure --strict` with `config_file`, which must succeed.
+fn ensure_topics(config_file: &std::path::Path) {
+    let ensured = dispatchd(config_file)
+        .args(["topics", "ensure", "--strict"])
+        .output()
+        .expect("topics ensure runs");
+    assert!(
+        ensured.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ensured.stderr)
+    );
+}
+
+/// `dispatchd all` with `config_file` and `envs` (`RUST_LOG=info` unless given), logging to
+/// `log`.
+fn spawn_all(
+    config_file: &std::path::Path,
+    log: &std::path::Path,
+    envs: Vec<(&str, String)>,
+) -> KillOnDrop {
+    dispatchd(config_file)
+        .arg("all")
+        .env("RUST_LOG", "info")
+        .envs(envs)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .map(KillOnDrop)
+        .expect("dispatchd all starts")
+}
+
 fn verifies(request: &Received, secret: &SigningSecret) -> bool {
     let headers =
         ReceivedHeaders::from_lookup(|name| request.headers.get(name).map(String::as_str));
@@ -176,23 +207,8 @@ async fn subscribe_publish_deliver_fail_dead_letter_replay_rotate() {
     let config_file = dir.join("dispatchd.toml");
     let log = dir.join("all.log");
     let (api_port, metrics_port) = write_config(&config_file, &bootstrap(), &prefix);
-    let ensured = dispatchd(&config_file)
-        .args(["topics", "ensure", "--strict"])
-        .output()
-        .expect("topics ensure runs");
-    assert!(
-        ensured.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ensured.stderr)
-    );
-    let mut child = dispatchd(&config_file)
-        .arg("all")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .map(KillOnDrop)
-        .expect("dispatchd all starts");
+    ensure_topics(&config_file);
+    let mut child = spawn_all(&config_file, &log, Vec::new());
     let (status, body) = http_get(metrics_port, "/readyz").await;
     assert_eq!(status, 200, "{body}; see {}", log.display());
     let api = Api { port: api_port };
@@ -387,35 +403,21 @@ async fn a_broker_frozen_under_load_is_recovered_from_in_seconds() {
     let config_file = dir.join("dispatchd.toml");
     let log = dir.join("all.log");
     let (api_port, metrics_port) = write_config(&config_file, &broker.bootstrap(), &prefix);
-    let ensured = dispatchd(&config_file)
-        .args(["topics", "ensure", "--strict"])
-        .output()
-        .expect("topics ensure runs");
-    assert!(
-        ensured.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ensured.stderr)
-    );
-    let mut child = dispatchd(&config_file)
-        .arg("all")
-        .env("DISPATCH_KAFKA__INSTANCE_ID", "freeze")
-        // Diagnosis knobs: FREEZE_RDKAFKA_DEBUG=cgrp,broker and
-        // FREEZE_RUST_LOG=info,librdkafka=debug put librdkafka's group and connection states
-        // into the log (how the stuck group handler was found).
-        .envs(
-            std::env::var("FREEZE_RDKAFKA_DEBUG")
-                .ok()
-                .map(|debug| ("DISPATCH_KAFKA__LIBRDKAFKA__DEBUG", debug)),
-        )
-        .env(
+    ensure_topics(&config_file);
+    let mut envs = vec![
+        ("DISPATCH_KAFKA__INSTANCE_ID", "freeze".to_owned()),
+        (
             "RUST_LOG",
             std::env::var("FREEZE_RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .map(KillOnDrop)
-        .expect("dispatchd all starts");
+        ),
+    ];
+    // Diagnosis knobs: FREEZE_RDKAFKA_DEBUG=cgrp,broker and
+    // FREEZE_RUST_LOG=info,librdkafka=debug put librdkafka's group and connection states into
+    // the log (how the stuck group handler was found).
+    if let Ok(debug) = std::env::var("FREEZE_RDKAFKA_DEBUG") {
+        envs.push(("DISPATCH_KAFKA__LIBRDKAFKA__DEBUG", debug));
+    }
+    let mut child = spawn_all(&config_file, &log, envs);
     let (status, body) = http_get(metrics_port, "/readyz").await;
     assert_eq!(status, 200, "{body}; see {}", log.display());
     let api = Api { port: api_port };
@@ -457,14 +459,9 @@ async fn a_broker_frozen_under_load_is_recovered_from_in_seconds() {
                         family: Family::Image,
                     };
                     let publisher = publisher.clone();
-                    tokio::spawn(async move {
-                        publisher.publish(&event).await.ok().map(|_| event.event.id)
-                    })
+                    async move { publisher.publish(&event).await.ok().map(|_| event.event.id) }
                 });
-                let sends: Vec<_> = sends.collect();
-                for send in sends {
-                    acknowledged.extend(send.await.expect("publish task"));
-                }
+                acknowledged.extend(dispatch_e2e::join_all(sends).await.into_iter().flatten());
                 next += 20;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
