@@ -16,7 +16,7 @@ use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::client::is_fatal;
 use dispatch_kafka::group_health::{
-    GroupWatch, RejoinReason, Rejoins, count_rejoin, is_fenced_member, retire, stuck_after,
+    GroupWatch, Rejoins, group_stuck, is_fenced_member, retire, stuck_after,
 };
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
@@ -528,20 +528,11 @@ impl Fanout {
                 // and read again from the committed offsets by the fresh consumer.
                 Consumption::Fenced(error) => {
                     let instance = self.kafka.group_instance_id("fanout").unwrap_or_default();
-                    if !rejoins.allow(Instant::now()) {
-                        error!(%error, instance, "static membership fenced again and again: another process uses this kafka.instance_id; exiting");
-                        return Err(Error::Kafka(error));
-                    }
-                    warn!(%error, instance, "static membership fenced (a broker stall outlasted the session): rejoining with a fresh consumer");
-                    count_rejoin(&self.config.group_id, RejoinReason::Fenced);
+                    rejoins
+                        .fenced(error, &self.config.group_id, &instance)
+                        .map_err(Error::Kafka)?;
                 }
-                Consumption::GroupStuck(away) => {
-                    warn!(
-                        away_s = away.as_secs(),
-                        "the consumer group handler lost its coordinator: rejoining with a fresh consumer"
-                    );
-                    count_rejoin(&self.config.group_id, RejoinReason::GroupStuck);
-                }
+                Consumption::GroupStuck(away) => group_stuck(&self.config.group_id, away),
             }
             let fresh = subscribe(&self.kafka, &self.config, &self.subscription)?;
             retire(Arc::new(std::mem::replace(&mut self.consumer, fresh)));

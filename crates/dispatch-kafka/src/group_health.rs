@@ -44,6 +44,23 @@ pub struct Rejoins {
 }
 
 impl Rejoins {
+    /// A consumer of `group` (static member `instance`) was fenced with `error`: `Ok` (logged
+    /// and counted) when it may be replaced now, the error back when the budget is spent.
+    pub fn fenced(
+        &mut self,
+        error: KafkaError,
+        group: &str,
+        instance: &str,
+    ) -> Result<(), KafkaError> {
+        if !self.allow(Instant::now()) {
+            tracing::error!(%error, instance, "static membership fenced again and again: another process uses this kafka.instance_id; exiting");
+            return Err(error);
+        }
+        tracing::warn!(%error, instance, "static membership fenced (a broker stall outlasted the session): rejoining with a fresh consumer");
+        count_rejoin(group, RejoinReason::Fenced);
+        Ok(())
+    }
+
     /// Whether a rejoin at `now` stays within the budget; counts it if so.
     pub fn allow(&mut self, now: Instant) -> bool {
         while self
@@ -63,7 +80,7 @@ impl Rejoins {
 
 /// Why a consumer is being replaced, for the rejoin counter's `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejoinReason {
+enum RejoinReason {
     /// Its static membership was fenced.
     Fenced,
     /// Its group handler was away from its coordinator for too long.
@@ -79,8 +96,19 @@ impl RejoinReason {
     }
 }
 
+/// A consumer of `group` whose handler has been away from its coordinator for `away` is about
+/// to be replaced: logged and counted.
+pub fn group_stuck(group: &str, away: Duration) {
+    tracing::warn!(
+        group,
+        away_s = away.as_secs(),
+        "the consumer group handler lost its coordinator: rejoining with a fresh consumer"
+    );
+    count_rejoin(group, RejoinReason::GroupStuck);
+}
+
 /// Counts a consumer of group `group` about to be replaced.
-pub fn count_rejoin(group: &str, reason: RejoinReason) {
+fn count_rejoin(group: &str, reason: RejoinReason) {
     metrics::counter!(
         KAFKA_CONSUMER_REJOINS_TOTAL,
         "group" => group.to_owned(),

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use dispatch_core::timestamp;
 use dispatch_kafka::group_health::{
-    GroupWatch, RejoinReason, Rejoins, count_rejoin, is_fenced_member, retire, stuck_after,
+    GroupWatch, Rejoins, group_stuck, is_fenced_member, retire, stuck_after,
 };
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
@@ -556,22 +556,17 @@ impl Engine {
             }
             if let Some(error) = fenced {
                 let instance = self.kafka.group_instance_id("sender").unwrap_or_default();
-                if !self.rejoins.allow(std::time::Instant::now()) {
-                    error!(%error, instance, "static membership fenced again and again: another process uses this kafka.instance_id; exiting");
-                    return Err(Error::Kafka(error));
-                }
-                warn!(%error, instance, "static membership fenced (a broker stall outlasted the session): rejoining with a fresh consumer");
-                self.replace_consumer(RejoinReason::Fenced)?;
+                self.rejoins
+                    .fenced(error, &self.config.group_id, &instance)
+                    .map_err(Error::Kafka)?;
+                self.replace_consumer()?;
                 consumer = Arc::clone(&self.consumer);
             } else if check_group
                 && let Some(away) = self.consumer.context().watch.away_for()
                 && away >= stuck_bound
             {
-                warn!(
-                    away_s = away.as_secs(),
-                    "the consumer group handler lost its coordinator: rejoining with a fresh consumer"
-                );
-                self.replace_consumer(RejoinReason::GroupStuck)?;
+                group_stuck(&self.config.group_id, away);
+                self.replace_consumer()?;
                 consumer = Arc::clone(&self.consumer);
             }
             self.purge_revoked();
@@ -1217,8 +1212,7 @@ impl Engine {
     /// through the old consumer and not finished is forgotten as on a revoke: the fresh
     /// consumer's partitions start at their committed offsets, and attempts still running
     /// finish into nothing (at least once: their records are read and sent again).
-    fn replace_consumer(&mut self, reason: RejoinReason) -> Result<()> {
-        count_rejoin(&self.config.group_id, reason);
+    fn replace_consumer(&mut self) -> Result<()> {
         let lost: Vec<(String, i32)> = {
             let mut shared = lock(&self.shared);
             let mut lost: Vec<(String, i32)> = shared
