@@ -387,9 +387,11 @@ impl System {
                 "DISPATCH_FANOUT__TRANSACTIONAL_ID",
                 format!("{}fanout-{instance}", self.settings.prefix),
             )
+            // Info by default: the log of a failed run must show what the roles did (a
+            // broker-loss failure of 2026-12-03 left only warnings to go by).
             .env(
                 "RUST_LOG",
-                std::env::var("BENCH_DISPATCHD_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                std::env::var("BENCH_DISPATCHD_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
             .stdout(Stdio::null())
             .stderr(log_file);

@@ -102,7 +102,7 @@ pub fn group_stuck(group: &str, away: Duration) {
     tracing::warn!(
         group,
         away_s = away.as_secs(),
-        "the consumer group handler lost its coordinator: rejoining with a fresh consumer"
+        "the consumer group handler has been away from its coordinator or out of a settled membership too long: rejoining with a fresh consumer"
     );
     count_rejoin(group, RejoinReason::GroupStuck);
 }
@@ -126,11 +126,21 @@ pub fn stuck_after(session_timeout: Duration) -> Duration {
 }
 
 /// Follows the consumer group handler's state from librdkafka's statistics (feed it from the
-/// client context's `stats` callback, see `crate::lag::statistics_interval`).
+/// client context's `stats` callback, see `crate::lag::statistics_interval`): how long it has
+/// been away from its coordinator (`cgrp.state` not `up`) or out of a settled membership
+/// (`cgrp.join_state` not `steady`: joining, syncing, waiting for a revoke to complete).
 #[derive(Debug, Default)]
 pub struct GroupWatch {
+    state: Mutex<WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
     /// Since when the handler has not been `up`, as of the last statistics.
-    away_since: Mutex<Option<Instant>>,
+    away_since: Option<Instant>,
+    /// Since when its join state has not been `steady` (first seen so; statistics give no age
+    /// for the join state).
+    unsettled_since: Option<Instant>,
 }
 
 impl GroupWatch {
@@ -139,21 +149,33 @@ impl GroupWatch {
         let Some(group) = &statistics.cgrp else {
             return;
         };
-        let away_since = (group.state != "up").then(|| {
-            let age = Duration::from_millis(u64::try_from(group.stateage).unwrap_or(0));
-            Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
-        });
-        *self
-            .away_since
+        let now = Instant::now();
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = away_since;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.away_since = (group.state != "up").then(|| {
+            let age = Duration::from_millis(u64::try_from(group.stateage).unwrap_or(0));
+            now.checked_sub(age).unwrap_or(now)
+        });
+        state.unsettled_since = if group.join_state == "steady" {
+            None
+        } else {
+            Some(state.unsettled_since.unwrap_or(now))
+        };
     }
 
-    /// How long the handler has been away from its coordinator, if it is.
+    /// How long the handler has been away from its coordinator or out of a settled membership,
+    /// whichever is longer, if it is.
     pub fn away_for(&self) -> Option<Duration> {
-        self.away_since
+        let state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        [state.away_since, state.unsettled_since]
+            .into_iter()
+            .flatten()
+            .min()
             .map(|since| since.elapsed())
     }
 }
@@ -194,10 +216,15 @@ mod tests {
     use super::*;
 
     fn statistics(state: &str, stateage: i64) -> Statistics {
+        joining(state, stateage, "steady")
+    }
+
+    fn joining(state: &str, stateage: i64, join_state: &str) -> Statistics {
         Statistics {
             cgrp: Some(ConsumerGroup {
                 state: state.to_owned(),
                 stateage,
+                join_state: join_state.to_owned(),
                 ..ConsumerGroup::default()
             }),
             ..Statistics::default()
@@ -235,6 +262,22 @@ mod tests {
         watch.observe(&statistics("query-coord", 1_000));
         watch.observe(&Statistics::default());
         assert!(watch.away_for().is_some());
+    }
+
+    #[test]
+    fn the_watch_counts_time_out_of_a_settled_membership_from_when_it_was_first_seen() {
+        let watch = GroupWatch::default();
+        watch.observe(&joining("up", 60_000, "wait-join"));
+        let first = watch.away_for().expect("unsettled");
+        std::thread::sleep(Duration::from_millis(20));
+        watch.observe(&joining("up", 60_020, "wait-sync"));
+        let later = watch.away_for().expect("still unsettled");
+        assert!(
+            later > first,
+            "counted from the first report: {first:?} then {later:?}"
+        );
+        watch.observe(&joining("up", 60_040, "steady"));
+        assert_eq!(watch.away_for(), None, "settled");
     }
 
     #[test]
