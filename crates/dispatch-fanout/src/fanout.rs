@@ -358,6 +358,9 @@ pub struct Fanout {
     subscription: Vec<String>,
     request_timeout: Duration,
     limits: TopicLimits,
+    /// The producer's `message.max.bytes` and `batch.size`, from `limits`.
+    message_max_bytes: usize,
+    batch_size: usize,
     poisoned: Mutex<BTreeMap<(String, i32, i64), Poisoned>>,
     #[cfg(feature = "fault-injection")]
     faults: Arc<InjectedFaults>,
@@ -403,6 +406,9 @@ enum Consumption {
     /// The consumer's group handler has been away from its coordinator this long, past
     /// [`stuck_after`]. See [`dispatch_kafka::group_health`].
     GroupStuck(Duration),
+    /// The transactional producer failed in a way only a new producer fixes (see
+    /// [`recoverable_with_new_clients`]).
+    ProducerLost(Error),
 }
 
 /// What became of one input record in the open transaction.
@@ -443,29 +449,8 @@ impl Fanout {
             .saturating_sub(quarantine::RECORD_OVERHEAD_BYTES)
             .clamp(1, LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES);
 
-        let producer: ThreadedProducer<FanoutProducerContext> = kafka
-            .client_config()
-            .set("transactional.id", config.effective_transactional_id())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("message.max.bytes", message_max_bytes.to_string())
-            .set("batch.size", batch_size.to_string())
-            // Right after a commit the coordinator may answer the next transaction's
-            // AddPartitionsToTxn / AddOffsetsToTxn with CONCURRENT_TRANSACTIONS until the
-            // markers are written; librdkafka retries after retry.backoff.ms (100 ms by default).
-            .set("retry.backoff.ms", "10")
-            .set(
-                "transaction.timeout.ms",
-                config.transaction_timeout_ms.to_string(),
-            )
-            .create_with_context(FanoutProducerContext::default())
-            .map_err(Error::Kafka)?;
+        let producer = transactional_producer(kafka, &config, message_max_bytes, batch_size)?;
         let request_timeout = kafka.request_timeout();
-        producer
-            .init_transactions(request_timeout)
-            .map_err(Error::Kafka)?;
 
         let subscription: Vec<String> = match &config.domain_topic_pattern {
             // librdkafka treats a topic starting with `^` as a regular expression.
@@ -494,6 +479,8 @@ impl Fanout {
             subscription,
             request_timeout,
             limits,
+            message_max_bytes,
+            batch_size,
             poisoned: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "fault-injection")]
             faults: Arc::default(),
@@ -512,8 +499,20 @@ impl Fanout {
     /// `fanout.transaction_retry_max_ms`).
     pub fn run_blocking(mut self, stop: &AtomicBool) -> Result<()> {
         let mut rejoins = Rejoins::default();
+        let mut restarts = Rejoins::default();
         loop {
-            match self.consume(stop)? {
+            let consumption = match self.consume(stop) {
+                Ok(consumption) => consumption,
+                Err(error) if recoverable_with_new_clients(&error) => {
+                    if !restarts.allow(Instant::now()) {
+                        error!(%error, "the fan-out's producer failed for good again and again; exiting");
+                        return Err(error);
+                    }
+                    Consumption::ProducerLost(error)
+                }
+                Err(error) => return Err(error),
+            };
+            match consumption {
                 Consumption::Stopped => break,
                 Consumption::PositionLost => {
                     // The consumer will hand out records after the ones it dropped; committing
@@ -533,6 +532,21 @@ impl Fanout {
                         .map_err(Error::Kafka)?;
                 }
                 Consumption::GroupStuck(away) => group_stuck(&self.config.group_id, away),
+                Consumption::ProducerLost(error) => {
+                    // What a supervisor's restart would do, without taking the process down:
+                    // a new producer under the same transactional.id fences the old one and
+                    // aborts its open transaction; the new consumer below re-reads from the
+                    // committed offsets.
+                    warn!(%error, "the fan-out's producer failed for good: replacing it and the consumer");
+                    metrics::counter!(names::FANOUT_PRODUCER_RECREATED_TOTAL).increment(1);
+                    let fresh = transactional_producer(
+                        &self.kafka,
+                        &self.config,
+                        self.message_max_bytes,
+                        self.batch_size,
+                    )?;
+                    retire(Arc::new(std::mem::replace(&mut self.producer, fresh)));
+                }
             }
             let fresh = subscribe(&self.kafka, &self.config, &self.subscription)?;
             retire(Arc::new(std::mem::replace(&mut self.consumer, fresh)));
@@ -568,7 +582,7 @@ impl Fanout {
                 }
                 Err(BatchFailure::Stopped) => return Ok(Consumption::Stopped),
                 Err(BatchFailure::Exit(error)) => {
-                    error!(%error, "fan-out transaction failed in a way only a restart fixes; exiting");
+                    error!(%error, "fan-out transaction failed in a way only new clients fix");
                     return Err(error);
                 }
                 Err(BatchFailure::Abort(error)) => error,
@@ -1159,6 +1173,52 @@ fn refusal_reason(error: &KafkaError) -> &'static str {
 }
 
 /// A consumer in the fan-out's group, subscribed to the domain topics.
+/// Whether the fan-out may go on after `error` with a new producer and consumer — what a
+/// restart would do — rather than exit (see [`txn::new_producer_recovers`]).
+fn recoverable_with_new_clients(error: &Error) -> bool {
+    match error {
+        // A call that stayed retriable past `fanout.transaction_retry_max_ms`.
+        Error::TransactionStuck { .. } => true,
+        Error::Kafka(error @ KafkaError::Transaction(_)) => {
+            txn::new_producer_recovers(TxnErrorTraits::of(error))
+        }
+        Error::Kafka(_) | Error::Thread(_) => false,
+    }
+}
+
+/// The fan-out's transactional producer, its transactions initialised (which fences an
+/// earlier producer with the same `transactional.id` and aborts what it left open).
+fn transactional_producer(
+    kafka: &KafkaConfig,
+    config: &FanoutConfig,
+    message_max_bytes: usize,
+    batch_size: usize,
+) -> Result<ThreadedProducer<FanoutProducerContext>> {
+    let producer: ThreadedProducer<FanoutProducerContext> = kafka
+        .client_config()
+        .set("transactional.id", config.effective_transactional_id())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", message_max_bytes.to_string())
+        .set("batch.size", batch_size.to_string())
+        // Right after a commit the coordinator may answer the next transaction's
+        // AddPartitionsToTxn / AddOffsetsToTxn with CONCURRENT_TRANSACTIONS until the
+        // markers are written; librdkafka retries after retry.backoff.ms (100 ms by default).
+        .set("retry.backoff.ms", "10")
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout_ms.to_string(),
+        )
+        .create_with_context(FanoutProducerContext::default())
+        .map_err(Error::Kafka)?;
+    producer
+        .init_transactions(kafka.request_timeout())
+        .map_err(Error::Kafka)?;
+    Ok(producer)
+}
+
 fn subscribe(
     kafka: &KafkaConfig,
     config: &FanoutConfig,

@@ -81,6 +81,24 @@ impl ErrorTraits {
     }
 }
 
+/// Whether a new transactional producer under the same `transactional.id` recovers from a
+/// transactional error: a fatal one that is not fencing — a producer librdkafka gave up on, such
+/// as the sequence desynchronisation seen after a partition leader was killed (the broker-loss
+/// scenario). A new producer fences the old one and aborts its open transaction, as a restart
+/// would. Fencing means another process took over the id: this one must stop.
+pub fn new_producer_recovers(traits: ErrorTraits) -> bool {
+    traits.fatal
+        && !matches!(
+            traits.code,
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::TransactionCoordinatorFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        )
+}
+
 fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -158,6 +176,30 @@ mod tests {
             code: Some(code),
             ..ErrorTraits::default()
         }
+    }
+
+    #[test]
+    fn a_new_producer_recovers_from_fatal_errors_but_fencing() {
+        let fatal = |code| ErrorTraits {
+            fatal: true,
+            ..traits(code)
+        };
+        assert!(new_producer_recovers(fatal(
+            RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )));
+        assert!(new_producer_recovers(fatal(RDKafkaErrorCode::Fatal)));
+        for fenced in [
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::Fenced,
+            RDKafkaErrorCode::TransactionCoordinatorFenced,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+        ] {
+            assert!(!new_producer_recovers(fatal(fenced)), "{fenced:?}");
+        }
+        // Not fatal: the transaction is aborted or the call made again, the producer kept.
+        assert!(!new_producer_recovers(traits(
+            RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )));
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub const FANOUT_COMMIT_DURATION_SECONDS: &str = "dispatch_fanout_commit_duratio
 pub const FANOUT_TRANSACTION_RETRIES_TOTAL: &str = "dispatch_fanout_transaction_retries_total";
 /// Counter: consumers recreated because a rewind after an abort failed.
 pub const FANOUT_CONSUMER_RECREATED_TOTAL: &str = "dispatch_fanout_consumer_recreated_total";
+/// Counter: transactional producers replaced after a fatal producer error.
+pub const FANOUT_PRODUCER_RECREATED_TOTAL: &str = "dispatch_fanout_producer_recreated_total";
 
 // --- sender -------------------------------------------------------------------------------------
 
@@ -215,6 +217,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "consumers",
         labels: &[],
         help: "Fan-out consumers recreated because a rewind after an abort failed.",
+    },
+    MetricSpec {
+        name: FANOUT_PRODUCER_RECREATED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "producers",
+        labels: &[],
+        help: "Fan-out transactional producers replaced (with the consumer) after the producer failed for good.",
     },
     MetricSpec {
         name: SENDER_ATTEMPTS_TOTAL,
