@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use dispatch_core::{catalog, ids, render};
@@ -540,8 +541,46 @@ async fn an_event_too_large_to_fan_out_is_quarantined_and_the_partition_flows_on
 /// records; they must all still be fanned out, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_rewind_never_lets_a_commit_step_over_the_aborted_records() {
+    let faults = InjectedFaults::default();
+    faults.aborted_transactions.store(1, SeqCst);
+    faults.failed_seeks.store(1_000, SeqCst);
+    let faults = fan_out_exactly_once_despite("fanout-seek", faults).await;
+    assert_eq!(
+        faults.aborted_transactions.load(SeqCst),
+        0,
+        "the seam aborted a transaction"
+    );
+    assert!(
+        faults.failed_seeks.load(SeqCst) < 1_000,
+        "the seam failed the rewind"
+    );
+}
+
+/// Forced through the test seam: a transaction's commit stays retriable past
+/// `fanout.transaction_retry_max_ms`, its tasks produced and its offsets not sent — a producer
+/// that only a new one replaces (found for real in the broker-loss scenario as a fatal sequence
+/// desynchronisation). The fan-out replaces its producer and consumer in-process instead of
+/// exiting: the new producer aborts the open transaction, the new consumer re-reads the batch,
+/// and every task exists exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_failed_for_good_is_replaced_and_nothing_is_doubled() {
+    let faults = InjectedFaults::default();
+    faults.stuck_transactions.store(1, SeqCst);
+    let faults = fan_out_exactly_once_despite("fanout-stuck", faults).await;
+    assert_eq!(
+        faults.stuck_transactions.load(SeqCst),
+        0,
+        "the seam failed a transaction"
+    );
+}
+
+/// Publishes 40 events into one partition, runs a fan-out (batches of 10) that meets `faults`,
+/// and asserts that every event's task exists exactly once (`read_committed`), the offsets are
+/// committed to the end and the fan-out is still running. Returns the faults, to check which
+/// were met.
+async fn fan_out_exactly_once_despite(name: &str, faults: InjectedFaults) -> Arc<InjectedFaults> {
     const EVENTS: usize = 40;
-    let prefix = unique_prefix("fanout-seek");
+    let prefix = unique_prefix(name);
     let config = kafka_config(&prefix);
     create_topics(&config).await;
     let names = TopicNames::new(&prefix);
@@ -567,31 +606,10 @@ async fn a_failed_rewind_never_lets_a_commit_step_over_the_aborted_records() {
         produce_raw(&producer, &topic, "acc_1", Some(&event.encode_to_vec())).await;
     }
 
-    let faults = Arc::new(InjectedFaults::default());
-    faults
-        .aborted_transactions
-        .store(1, std::sync::atomic::Ordering::SeqCst);
-    faults
-        .failed_seeks
-        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let faults = Arc::new(faults);
     let fanout =
         RunningFanout::start_with(&config, Arc::clone(&view), 10, Arc::clone(&faults)).await;
-
     let by_event = tasks_by_event(&config, EVENTS, Duration::from_secs(60));
-    assert_eq!(
-        faults
-            .aborted_transactions
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the seam aborted a transaction"
-    );
-    assert!(
-        faults
-            .failed_seeks
-            .load(std::sync::atomic::Ordering::SeqCst)
-            < 1_000,
-        "the seam failed the rewind"
-    );
     let missing: Vec<String> = (0..EVENTS)
         .map(|index| format!("evt_{index:03}"))
         .filter(|id| !by_event.contains_key(id))
@@ -614,5 +632,10 @@ async fn a_failed_rewind_never_lets_a_commit_step_over_the_aborted_records() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        !fanout.task.is_finished(),
+        "the fan-out went on, it did not exit"
+    );
     fanout.stop().await;
+    faults
 }

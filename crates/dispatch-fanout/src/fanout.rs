@@ -335,6 +335,10 @@ pub struct InjectedFaults {
     pub aborted_transactions: std::sync::atomic::AtomicU32,
     /// This many seeks fail.
     pub failed_seeks: std::sync::atomic::AtomicU32,
+    /// This many transactions end as if their commit had stayed retriable past
+    /// `fanout.transaction_retry_max_ms` (tasks produced, offsets not sent): a producer that
+    /// only a new one replaces.
+    pub stuck_transactions: std::sync::atomic::AtomicU32,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -746,6 +750,14 @@ impl Fanout {
             return Err(BatchFailure::Abort(KafkaError::MessageProduction(
                 RDKafkaErrorCode::Fail,
             )));
+        }
+        #[cfg(feature = "fault-injection")]
+        if take_one(&self.faults.stuck_transactions) {
+            return Err(BatchFailure::Exit(Error::TransactionStuck {
+                call: TxnCall::Commit.label(),
+                waited_ms: self.config.transaction_retry_max_ms,
+                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            }));
         }
 
         let offsets = next_offsets(batch);
