@@ -105,11 +105,23 @@ pub fn read_topic(
     while records.len() < expected && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => records.push(message.detach()),
+            // A broker just resumed or restarted (the fault tests) answers a fresh connection
+            // late: librdkafka reports that and retries by itself.
+            Some(Err(e)) if is_transient_read_error(&e) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
     }
     records
+}
+
+/// Consumer errors that librdkafka recovers from by itself.
+fn is_transient_read_error(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::RequestTimedOut)
+    )
 }
 
 /// Reads `topic` until `expected` records arrived (waiting up to `timeout`), then keeps reading
