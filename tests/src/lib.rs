@@ -4,6 +4,7 @@
 //!
 //! No test talks to a mock: if no broker answers, the tests fail and say how to start one.
 
+pub mod fanout_fixture;
 pub mod own_broker;
 pub mod receiver;
 pub mod tls;
@@ -224,6 +225,17 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     }
 }
 
+/// The lines of the `/metrics` page on `port` whose series starts with `name` (a metric name,
+/// or a name with the start of its labels).
+pub async fn metric_lines(port: u16, name: &str) -> Vec<String> {
+    let (_, metrics) = http_get(port, "/metrics").await;
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One HTTP/1.1 request against 127.0.0.1 (no retry); `None` when nothing accepts the
 /// connection. Returns status and body.
 pub async fn try_http(
@@ -308,7 +320,8 @@ pub fn spawn_role(
         .append(true)
         .open(log)
         .expect("log file");
-    std::process::Command::new(binary.as_ref())
+    let mut command = std::process::Command::new(binary.as_ref());
+    command
         .arg("--config")
         .arg(config_file)
         .arg(role)
@@ -316,7 +329,16 @@ pub fn spawn_role(
             "DISPATCH_METRICS__LISTEN",
             format!("127.0.0.1:{metrics_port}"),
         )
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_ROLE_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    // Diagnosis knobs for a flaky run: TEST_ROLE_RDKAFKA_DEBUG=cgrp,eos with
+    // TEST_ROLE_RUST_LOG=info,librdkafka=debug put librdkafka's own states into the log.
+    if let Ok(debug) = std::env::var("TEST_ROLE_RDKAFKA_DEBUG") {
+        command.env("DISPATCH_KAFKA__LIBRDKAFKA__DEBUG", debug);
+    }
+    command
         .stdout(std::process::Stdio::null())
         .stderr(log_file)
         .spawn()

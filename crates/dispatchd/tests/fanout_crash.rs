@@ -2,24 +2,16 @@
 //! fanout` process, start it again, and read `dispatch.deliveries` with
 //! `isolation.level=read_committed`: every (event, subscription) pair appears exactly once.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use dispatch_core::catalog::{self, Family};
-use dispatch_core::event_input::PublishableEvent;
+use dispatch_core::catalog::Family;
+use dispatch_e2e::fanout_fixture::{MapEvents, TaskTally, map_topics_with_subscribers};
 use dispatch_e2e::{
-    bootstrap, free_port, group_committed_total, http_get, join_all, kafka_config, payload,
-    read_expecting, record_count, spawn_role, terminate_cleanly, unique_prefix,
+    bootstrap, free_port, group_committed_total, http_get, join_all, kafka_config, read_expecting,
+    record_count, spawn_role, terminate_cleanly, unique_prefix,
 };
-use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::publish::EventPublisher;
-use dispatch_kafka::subscription_writer::SubscriptionWriter;
-use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
-use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
-use dispatch_proto::events::v1::Event;
-use dispatch_proto::prost::Message as _;
-use dispatch_proto::wkt::Timestamp;
 
 /// The binary under test.
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
@@ -31,35 +23,7 @@ const SUBSCRIBERS: usize = 3;
 async fn kill_9_and_restart_yields_every_pair_exactly_once() {
     let prefix = unique_prefix("fanout-crash");
     let config = kafka_config(&prefix);
-    let settings = TopicSettings {
-        domain_partitions: 3,
-        delivery_partitions: 3,
-        attempts_partitions: 1,
-        dlq_partitions: 1,
-        invalid_partitions: 1,
-        ..TopicSettings::default()
-    };
-    let names = TopicNames::new(&prefix);
-    TopicAdmin::new(&config)
-        .expect("admin")
-        .ensure_topics(&topic_specs(&names, &settings, &["1m".to_owned()]))
-        .await
-        .expect("topics");
-    let writer = SubscriptionWriter::new(&config).expect("writer");
-    for index in 0..SUBSCRIBERS {
-        writer
-            .put(&Subscription {
-                id: format!("sub_{index}"),
-                account_id: "acc_crash".into(),
-                url: "https://hooks.example/crash".into(),
-                event_types: vec!["map.**".into()],
-                enabled: true,
-                version: 1,
-                ..Subscription::default()
-            })
-            .await
-            .expect("subscription");
-    }
+    let names = map_topics_with_subscribers(&config, "acc_crash", SUBSCRIBERS).await;
 
     let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -94,28 +58,11 @@ listen = "127.0.0.1:0"
 
     // Publish in the background, paced, while the fan-out runs.
     let publisher = EventPublisher::new(&config).expect("publisher");
-    let payload_example = catalog::lookup("map.region.progress")
-        .expect("known")
-        .example_payload()
-        .expect("example");
+    let events = MapEvents::of("acc_crash");
     let publishing = tokio::spawn(async move {
         for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(100) {
             let sends = chunk.iter().map(|index| {
-                let event = PublishableEvent {
-                    event: Event {
-                        id: format!("evt_{index:05}"),
-                        r#type: "map.region.progress".into(),
-                        account_id: "acc_crash".into(),
-                        occurred_at: Some(Timestamp {
-                            seconds: 1_795_730_400,
-                            nanos: 0,
-                        }),
-                        region: String::new(),
-                        attributes: Default::default(),
-                        payload: Some(payload_example.clone()),
-                    },
-                    family: Family::Map,
-                };
+                let event = events.event(*index);
                 let publisher = publisher.clone();
                 async move {
                     publisher.publish(&event).await.expect("publish");
@@ -215,25 +162,11 @@ listen = "127.0.0.1:0"
     // SIGTERM: the process finishes its transaction, leaves the group and exits 0.
     terminate_cleanly(&mut [&mut child], &log).await;
 
-    let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for record in &records {
-        let task = DeliveryTask::decode(payload(record)).expect("a DeliveryTask");
-        *pairs
-            .entry((task.event_id, task.subscription_id))
-            .or_default() += 1;
-    }
-    let duplicated: Vec<_> = pairs
-        .iter()
-        .filter(|(_, count)| **count > 1)
-        .take(5)
-        .collect();
-    assert!(duplicated.is_empty(), "duplicates: {duplicated:?}");
     assert_eq!(
-        pairs.len(),
-        expected,
-        "missing pairs; see {}",
+        TaskTally::of(&records, EVENTS, SUBSCRIBERS),
+        TaskTally::exact(EVENTS, SUBSCRIBERS),
+        "tasks read with read_committed; see {}",
         log.display()
     );
-    assert_eq!(records.len(), expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
