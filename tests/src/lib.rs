@@ -48,14 +48,77 @@ pub fn kafka_config(prefix: &str) -> KafkaConfig {
     }
 }
 
+/// The test reader's librdkafka context: keeps the last statistics report (to tell a reader
+/// that stopped fetching from one that has nothing to read) and, with
+/// `TEST_READER_RDKAFKA_DEBUG` set (e.g. `consumer,fetch,topic`), prints librdkafka's own log
+/// to the test's stderr.
+#[derive(Debug, Default)]
+pub struct ReaderContext {
+    last_statistics: std::sync::Mutex<Option<rdkafka::statistics::Statistics>>,
+}
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        eprintln!("reader librdkafka {level:?} {fac}: {message}");
+    }
+
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        *self
+            .last_statistics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+impl ReaderContext {
+    /// The partitions of `topic` that hold committed records past what was handed to the
+    /// reader, as of the last statistics, each with its librdkafka fetch state.
+    fn readable_but_unread(&self, topic: &str) -> Vec<String> {
+        let statistics = self
+            .last_statistics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(partitions) = statistics
+            .as_ref()
+            .and_then(|statistics| statistics.topics.get(topic))
+            .map(|topic| &topic.partitions)
+        else {
+            return Vec::new();
+        };
+        partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.ls_offset > p.app_offset.max(p.lo_offset))
+            .map(|p| {
+                format!(
+                    "{topic}/{}: fetch state {}, handed out up to {}, stable up to {}, fetched up to {}, {} queued, {} dropped as outdated",
+                    p.partition,
+                    p.fetch_state,
+                    p.app_offset,
+                    p.ls_offset,
+                    p.next_offset,
+                    p.fetchq_cnt,
+                    p.rx_ver_drops
+                )
+            })
+            .collect()
+    }
+}
+
 /// A consumer outside any group (partitions are assigned by hand), reading committed data only.
-fn reader(config: &KafkaConfig) -> BaseConsumer {
-    config
-        .client_config()
+fn reader(config: &KafkaConfig) -> BaseConsumer<ReaderContext> {
+    let mut client = config.client_config();
+    client
         .set("group.id", "dispatch-test-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .create()
+        .set("statistics.interval.ms", "1000");
+    if let Ok(debug) = std::env::var("TEST_READER_RDKAFKA_DEBUG") {
+        client.set("debug", debug);
+    }
+    client
+        .create_with_context(ReaderContext::default())
         .unwrap_or_else(|e| {
             panic!(
                 "cannot create a consumer for {}: {e}",
@@ -64,7 +127,10 @@ fn reader(config: &KafkaConfig) -> BaseConsumer {
         })
 }
 
-fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
+fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> i32 {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(15))
         .unwrap_or_else(|e| {
@@ -80,15 +146,8 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
         .unwrap_or(0)
 }
 
-/// Every record of `topic` (all partitions, from the beginning), reading until `expected`
-/// records arrived or `timeout` passed — whichever comes first. Callers assert on the count, so
-/// a shortfall fails the test instead of hanging it.
-pub fn read_topic(
-    config: &KafkaConfig,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+/// A reader assigned every partition of `topic` from the beginning.
+fn reader_of(config: &KafkaConfig, topic: &str) -> BaseConsumer<ReaderContext> {
     let consumer = reader(config);
     let partitions = partition_count(&consumer, topic);
     assert!(partitions > 0, "topic {topic} does not exist");
@@ -101,16 +160,68 @@ pub fn read_topic(
     consumer
         .assign(&assignment)
         .unwrap_or_else(|e| panic!("cannot assign {topic}: {e}"));
+    consumer
+}
+
+/// How long a reader may hand out nothing while committed records wait for it before it is
+/// replaced. librdkafka can leave a partition that a fresh consumer started on right after a
+/// broker stall not fetching for good (seen in the broker-pause test: every task committed,
+/// the reader handed out none of them for four minutes); that is a fault of the test's reader,
+/// not of what it reads.
+const READER_STALL: Duration = Duration::from_secs(20);
+
+/// Every record of `topic` (all partitions, from the beginning), reading until `expected`
+/// records arrived or `timeout` passed — whichever comes first. Callers assert on the count, so
+/// a shortfall fails the test instead of hanging it.
+pub fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let mut consumer = reader_of(config, topic);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
+    let mut progress_at = Instant::now();
     while records.len() < expected && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => records.push(message.detach()),
+            Some(Ok(message)) => {
+                records.push(message.detach());
+                progress_at = Instant::now();
+            }
             // A broker just resumed or restarted (the fault tests) answers a fresh connection
             // late: librdkafka reports that and retries by itself.
             Some(Err(e)) if is_transient_read_error(&e) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
+        }
+        if progress_at.elapsed() >= READER_STALL {
+            let unread = consumer.context().readable_but_unread(topic);
+            if !unread.is_empty() {
+                eprintln!(
+                    "the test reader of {topic} handed out nothing for {} s with committed records waiting; reading again with a fresh reader:\n  {}",
+                    READER_STALL.as_secs(),
+                    unread.join("\n  ")
+                );
+                consumer = reader_of(config, topic);
+                records.clear();
+            }
+            progress_at = Instant::now();
+        }
+    }
+    if records.len() < expected {
+        // Say where the reader stood, partition by partition, against what the broker holds.
+        let position = consumer.position().ok();
+        for partition in 0..partition_count(&consumer, topic) {
+            let at = position
+                .as_ref()
+                .and_then(|list| list.find_partition(topic, partition))
+                .map(|element| element.offset());
+            let watermarks = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5));
+            eprintln!(
+                "reader short of {expected} records ({} read): {topic}/{partition} at {at:?}, watermarks {watermarks:?}",
+                records.len()
+            );
         }
     }
     records
@@ -293,6 +404,33 @@ impl std::ops::Deref for KillOnDrop {
 impl std::ops::DerefMut for KillOnDrop {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
+    }
+}
+
+impl KillOnDrop {
+    /// Appends every thread's backtrace of the running child to `out`, when `gdb` is installed:
+    /// what a test that found a role stalled leaves behind, so that the stall can be explained
+    /// after the child is gone. Does nothing (but say so) without gdb.
+    pub fn dump_threads(&self, out: &std::path::Path) {
+        let dumped = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &self.0.id().to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output();
+        match dumped {
+            Ok(output) => {
+                let mut text = output.stdout;
+                text.extend_from_slice(&output.stderr);
+                let _ = std::fs::write(out, text);
+                eprintln!("thread backtraces of the stalled role: {}", out.display());
+            }
+            Err(error) => eprintln!("no thread backtraces (gdb: {error})"),
+        }
     }
 }
 
