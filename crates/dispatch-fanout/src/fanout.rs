@@ -16,7 +16,7 @@ use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::client::is_fatal;
 use dispatch_kafka::group_health::{
-    GroupWatch, Rejoins, group_stuck, is_fenced_member, retire, stuck_after,
+    GroupWatch, Rejoins, Stall, group_stuck, is_fenced_member, retire, stuck_after,
 };
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
@@ -407,9 +407,10 @@ enum Consumption {
     /// The consumer's static membership was fenced (a fatal consumer error): it never fetches
     /// again. See [`dispatch_kafka::group_health`].
     Fenced(KafkaError),
-    /// The consumer's group handler has been away from its coordinator this long, past
-    /// [`stuck_after`]. See [`dispatch_kafka::group_health`].
-    GroupStuck(Duration),
+    /// The consumer has not been able to fetch (its group handler away from its coordinator,
+    /// or an assigned partition not fetching) for longer than [`stuck_after`]. See
+    /// [`dispatch_kafka::group_health`].
+    GroupStuck(Stall),
     /// The transactional producer failed in a way only a new producer fixes (see
     /// [`recoverable_with_new_clients`]).
     ProducerLost(Error),
@@ -535,7 +536,7 @@ impl Fanout {
                         .fenced(error, &self.config.group_id, &instance)
                         .map_err(Error::Kafka)?;
                 }
-                Consumption::GroupStuck(away) => group_stuck(&self.config.group_id, away),
+                Consumption::GroupStuck(stall) => group_stuck(&self.config.group_id, &stall),
                 Consumption::ProducerLost(error) => {
                     // What a supervisor's restart would do, without taking the process down:
                     // a new producer under the same transactional.id fences the old one and
@@ -564,10 +565,10 @@ impl Fanout {
         let batch_wait = Duration::from_millis(self.config.batch_max_ms);
         let stuck_bound = stuck_after(self.kafka.session_timeout());
         while !stop.load(Ordering::SeqCst) {
-            if let Some(away) = self.consumer.context().watch.away_for()
-                && away >= stuck_bound
+            if let Some(stall) = self.consumer.context().watch.stall()
+                && stall.duration >= stuck_bound
             {
-                return Ok(Consumption::GroupStuck(away));
+                return Ok(Consumption::GroupStuck(stall));
             }
             let batch = match self.collect_batch(batch_wait, stop) {
                 Ok(batch) => batch,

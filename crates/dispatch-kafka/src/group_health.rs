@@ -17,7 +17,7 @@
 //! replaced, because a second process with the same instance id fences too, and replacing the
 //! consumer would fence that one in turn.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,8 @@ enum RejoinReason {
     Fenced,
     /// Its group handler was away from its coordinator for too long.
     GroupStuck,
+    /// One of its assigned partitions stayed out of the `active` fetch state for too long.
+    PartitionStuck,
 }
 
 impl RejoinReason {
@@ -92,19 +94,40 @@ impl RejoinReason {
         match self {
             RejoinReason::Fenced => "fenced",
             RejoinReason::GroupStuck => "group_stuck",
+            RejoinReason::PartitionStuck => "partition_stuck",
         }
     }
 }
 
-/// A consumer of `group` whose handler has been away from its coordinator for `away` is about
-/// to be replaced: logged and counted.
-pub fn group_stuck(group: &str, away: Duration) {
-    tracing::warn!(
-        group,
-        away_s = away.as_secs(),
-        "the consumer group handler has been away from its coordinator or out of a settled membership too long: rejoining with a fresh consumer"
-    );
-    count_rejoin(group, RejoinReason::GroupStuck);
+/// A consumer of `group` that has not been fetching for the stall's duration is about to be
+/// replaced: logged and counted.
+pub fn group_stuck(group: &str, stall: &Stall) {
+    let away_s = stall.duration.as_secs();
+    match &stall.cause {
+        StallCause::Group => {
+            tracing::warn!(
+                group,
+                away_s,
+                "the consumer group handler has been away from its coordinator or out of a settled membership too long: rejoining with a fresh consumer"
+            );
+            count_rejoin(group, RejoinReason::GroupStuck);
+        }
+        StallCause::Partition {
+            topic,
+            partition,
+            fetch_state,
+        } => {
+            tracing::warn!(
+                group,
+                away_s,
+                topic,
+                partition,
+                fetch_state,
+                "an assigned partition has not been fetched from too long: rejoining with a fresh consumer"
+            );
+            count_rejoin(group, RejoinReason::PartitionStuck);
+        }
+    }
 }
 
 /// Counts a consumer of group `group` about to be replaced.
@@ -125,10 +148,36 @@ pub fn stuck_after(session_timeout: Duration) -> Duration {
     (session_timeout * 2).max(Duration::from_secs(20))
 }
 
-/// Follows the consumer group handler's state from librdkafka's statistics (feed it from the
-/// client context's `stats` callback, see `crate::lag::statistics_interval`): how long it has
-/// been away from its coordinator (`cgrp.state` not `up`) or out of a settled membership
-/// (`cgrp.join_state` not `steady`: joining, syncing, waiting for a revoke to complete).
+/// What keeps a consumer from fetching, and since how long ([`GroupWatch::stall`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// How long it has been so.
+    pub duration: Duration,
+    pub cause: StallCause,
+}
+
+/// Why a consumer is not fetching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StallCause {
+    /// The group handler is away from its coordinator or out of a settled membership.
+    Group,
+    /// An assigned partition is out of the `active` fetch state (still looking up its offset,
+    /// validating its leader epoch, …).
+    Partition {
+        topic: String,
+        partition: i32,
+        fetch_state: String,
+    },
+}
+
+/// Follows a group consumer's state from librdkafka's statistics (feed it from the client
+/// context's `stats` callback, see `crate::lag::statistics_interval`) and says how long it has
+/// not been able to fetch ([`GroupWatch::stall`]): its group handler away from its coordinator
+/// (`cgrp.state` not `up`) or out of a settled membership (`cgrp.join_state` not `steady`:
+/// joining, syncing, waiting for a revoke to complete), or one of its assigned partitions out
+/// of the `active` fetch state. The last one is the librdkafka failure class of a partition
+/// left in `offset-query` or `validate-epoch-wait` after a leader change or a broker stall
+/// (librdkafka#4492, #4620), which only a new consumer gets out of.
 #[derive(Debug, Default)]
 pub struct GroupWatch {
     state: Mutex<WatchState>,
@@ -141,10 +190,16 @@ struct WatchState {
     /// Since when its join state has not been `steady` (first seen so; statistics give no age
     /// for the join state).
     unsettled_since: Option<Instant>,
+    /// Assigned partitions not `active`, with their fetch state and since when they were first
+    /// seen so.
+    not_fetching: BTreeMap<(String, i32), (String, Instant)>,
 }
 
+/// The fetch state of an assigned partition that fetches (librdkafka's `rd_kafka_fetch_states`).
+const FETCHING: &str = "active";
+
 impl GroupWatch {
-    /// Notes the group handler's state from one statistics report.
+    /// Notes the consumer's state from one statistics report.
     pub fn observe(&self, statistics: &Statistics) {
         let Some(group) = &statistics.cgrp else {
             return;
@@ -163,20 +218,68 @@ impl GroupWatch {
         } else {
             Some(state.unsettled_since.unwrap_or(now))
         };
+        // Only partitions of a settled assignment count: while the group rebalances, stopped
+        // and starting partitions are expected (and counted by `unsettled_since`).
+        let mut not_fetching = BTreeMap::new();
+        if group.state == "up" && group.join_state == "steady" {
+            for (name, topic) in &statistics.topics {
+                for partition in topic.partitions.values() {
+                    // `desired`: in the application's assignment; -1 is librdkafka's
+                    // unassigned-partition bucket.
+                    if partition.partition < 0
+                        || !partition.desired
+                        || partition.fetch_state == FETCHING
+                    {
+                        continue;
+                    }
+                    let key = (name.clone(), partition.partition);
+                    // Counted from the first report out of `active`, whichever states it
+                    // went through since (librdkafka#4620 cycles offset-query/offset-wait).
+                    let since = state
+                        .not_fetching
+                        .get(&key)
+                        .map_or(now, |(_, since)| *since);
+                    not_fetching.insert(key, (partition.fetch_state.clone(), since));
+                }
+            }
+        }
+        state.not_fetching = not_fetching;
     }
 
-    /// How long the handler has been away from its coordinator or out of a settled membership,
-    /// whichever is longer, if it is.
-    pub fn away_for(&self) -> Option<Duration> {
+    /// How long the consumer has not been able to fetch, and why, if it has not: the longest
+    /// of its group handler's absence and its partitions' (see [`GroupWatch`]).
+    pub fn stall(&self) -> Option<Stall> {
         let state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        [state.away_since, state.unsettled_since]
+        let group = [state.away_since, state.unsettled_since]
             .into_iter()
             .flatten()
             .min()
-            .map(|since| since.elapsed())
+            .map(|since| (since, StallCause::Group));
+        let partition = state
+            .not_fetching
+            .iter()
+            .min_by_key(|(_, (_, since))| *since)
+            .map(|((topic, partition), (fetch_state, since))| {
+                (
+                    *since,
+                    StallCause::Partition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        fetch_state: fetch_state.clone(),
+                    },
+                )
+            });
+        [group, partition]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(since, _)| *since)
+            .map(|(since, cause)| Stall {
+                duration: since.elapsed(),
+                cause,
+            })
     }
 }
 
@@ -250,34 +353,116 @@ mod tests {
     #[test]
     fn the_watch_counts_time_away_from_the_coordinator_only() {
         let watch = GroupWatch::default();
-        assert_eq!(watch.away_for(), None, "nothing known yet");
+        assert_eq!(
+            watch.stall().map(|stall| stall.duration),
+            None,
+            "nothing known yet"
+        );
         watch.observe(&statistics("up", 60_000));
-        assert_eq!(watch.away_for(), None);
+        assert_eq!(watch.stall().map(|stall| stall.duration), None);
         watch.observe(&statistics("query-coord", 25_000));
-        let away = watch.away_for().expect("away");
+        let away = watch.stall().map(|stall| stall.duration).expect("away");
         assert!(away >= Duration::from_secs(25), "{away:?}");
         watch.observe(&statistics("up", 10));
-        assert_eq!(watch.away_for(), None, "back in its group");
+        assert_eq!(
+            watch.stall().map(|stall| stall.duration),
+            None,
+            "back in its group"
+        );
         // A report without a group (not a group consumer) changes nothing.
         watch.observe(&statistics("query-coord", 1_000));
         watch.observe(&Statistics::default());
-        assert!(watch.away_for().is_some());
+        assert!(watch.stall().map(|stall| stall.duration).is_some());
     }
 
     #[test]
     fn the_watch_counts_time_out_of_a_settled_membership_from_when_it_was_first_seen() {
         let watch = GroupWatch::default();
         watch.observe(&joining("up", 60_000, "wait-join"));
-        let first = watch.away_for().expect("unsettled");
+        let first = watch
+            .stall()
+            .map(|stall| stall.duration)
+            .expect("unsettled");
         std::thread::sleep(Duration::from_millis(20));
         watch.observe(&joining("up", 60_020, "wait-sync"));
-        let later = watch.away_for().expect("still unsettled");
+        let later = watch
+            .stall()
+            .map(|stall| stall.duration)
+            .expect("still unsettled");
         assert!(
             later > first,
             "counted from the first report: {first:?} then {later:?}"
         );
         watch.observe(&joining("up", 60_040, "steady"));
-        assert_eq!(watch.away_for(), None, "settled");
+        assert_eq!(watch.stall().map(|stall| stall.duration), None, "settled");
+    }
+
+    fn with_partition(mut statistics: Statistics, fetch_state: &str, desired: bool) -> Statistics {
+        let partition = rdkafka::statistics::Partition {
+            partition: 2,
+            desired,
+            fetch_state: fetch_state.to_owned(),
+            ..Default::default()
+        };
+        let topic = rdkafka::statistics::Topic {
+            topic: "dispatch.deliveries".to_owned(),
+            partitions: [(2, partition)].into_iter().collect(),
+            ..Default::default()
+        };
+        statistics.topics = [("dispatch.deliveries".to_owned(), topic)]
+            .into_iter()
+            .collect();
+        statistics
+    }
+
+    #[test]
+    fn an_assigned_partition_out_of_the_active_fetch_state_is_a_stall_from_when_first_seen() {
+        let watch = GroupWatch::default();
+        watch.observe(&with_partition(statistics("up", 60_000), "active", true));
+        assert_eq!(watch.stall(), None, "fetching");
+        watch.observe(&with_partition(
+            statistics("up", 60_000),
+            "offset-query",
+            true,
+        ));
+        let first = watch.stall().expect("not fetching");
+        assert_eq!(
+            first.cause,
+            StallCause::Partition {
+                topic: "dispatch.deliveries".to_owned(),
+                partition: 2,
+                fetch_state: "offset-query".to_owned(),
+            }
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        // Cycling between the states that do not fetch does not restart the count.
+        watch.observe(&with_partition(
+            statistics("up", 60_020),
+            "offset-wait",
+            true,
+        ));
+        let later = watch.stall().expect("still not fetching");
+        assert!(later.duration > first.duration, "{first:?} then {later:?}");
+        watch.observe(&with_partition(statistics("up", 60_040), "active", true));
+        assert_eq!(watch.stall(), None, "fetching again");
+    }
+
+    #[test]
+    fn partitions_outside_the_assignment_or_a_settled_group_are_no_stall() {
+        let watch = GroupWatch::default();
+        // Known from metadata, not assigned to this consumer.
+        watch.observe(&with_partition(statistics("up", 60_000), "none", false));
+        assert_eq!(watch.stall(), None);
+        // While rebalancing, the group's own state is what counts.
+        watch.observe(&with_partition(
+            joining("up", 60_000, "wait-sync"),
+            "stopped",
+            true,
+        ));
+        assert_eq!(
+            watch.stall().map(|stall| stall.cause),
+            Some(StallCause::Group)
+        );
     }
 
     #[test]

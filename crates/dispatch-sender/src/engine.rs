@@ -562,10 +562,10 @@ impl Engine {
                 self.replace_consumer()?;
                 consumer = Arc::clone(&self.consumer);
             } else if check_group
-                && let Some(away) = self.consumer.context().watch.away_for()
-                && away >= stuck_bound
+                && let Some(stall) = self.consumer.context().watch.stall()
+                && stall.duration >= stuck_bound
             {
-                group_stuck(&self.config.group_id, away);
+                group_stuck(&self.config.group_id, &stall);
                 self.replace_consumer()?;
                 consumer = Arc::clone(&self.consumer);
             }
