@@ -10,6 +10,7 @@
 //! - [`dead_letters`]: the live dead letters, a bounded fold of the compacted `dispatch.dlq`.
 //! - [`delivery`]: building delivery tasks: the fan-out's, a replay's, and the test event.
 //! - [`retry`]: the retry schedule: after a failed attempt, retry now, on a tier later, or give up.
+//! - [`admission`]: a task that fell due → skip, dead-letter, not sent (circuit open), queue or defer.
 //! - [`outcome`]: an HTTP attempt's result → a classified outcome; `Retry-After` parsing.
 //! - [`ids`]: event, subscription and delivery identifiers.
 //! - [`event_input`]: an event written as JSON (by a person or a producer's test) → a valid `Event`.
@@ -18,6 +19,7 @@
 //! Time is passed in (`now`), never read from a clock here, so every decision is testable.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod catalog;
 pub mod dead_letters;
 pub mod delivery;

@@ -259,9 +259,15 @@ impl<T> EndpointQueue<T> {
         }
     }
 
+    /// Whether `max_backlog` deliveries are waiting ([`EndpointQueue::push`] would give one
+    /// back).
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= self.max_backlog
+    }
+
     /// Appends a delivery, or gives it back if `max_backlog` deliveries are already waiting.
     pub fn push(&mut self, item: T) -> Result<(), Overflow<T>> {
-        if self.items.len() >= self.max_backlog {
+        if self.is_full() {
             return Err(Overflow {
                 item,
                 max_backlog: self.max_backlog,

@@ -30,6 +30,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use dispatch_core::admission::{
+    self, Admission, AdmissionFacts, Backlog, DeferralPlan, SubscriptionState,
+};
 use dispatch_core::timestamp;
 use dispatch_kafka::group_health::{
     GroupWatch, Rejoins, group_stuck, is_fenced_member, retire, stuck_after,
@@ -772,20 +775,12 @@ impl Engine {
         }
     }
 
-    /// Decides what to do with a due task: skip (deleted), dead-letter (disabled), defer
-    /// (window, circuit, backlog) or queue it on its endpoint.
+    /// Performs what [`admission::admit`] decides for a due task: skip (deleted), dead-letter
+    /// (disabled), not sent (circuit open), queue on its endpoint, or defer (backlog).
     fn accept(&mut self, pending: Pending) {
         let subscription = self
             .view
             .read(|table| table.get(&pending.task.subscription_id).cloned());
-        let Some(subscription) = subscription else {
-            self.skip(pending, "deleted");
-            return;
-        };
-        if !subscription.enabled {
-            self.dead_letter_disabled(pending, &subscription);
-            return;
-        }
         let window = {
             let shared = lock(&self.shared);
             shared
@@ -800,18 +795,57 @@ impl Engine {
             self.pause_for_window(&pending.topic, pending.partition);
         }
         let now = Instant::now();
-        let endpoint = self.endpoint_of(&subscription);
-        if endpoint.queue.is_open(now) {
-            // The schedule is the promise: the attempt is spent, not deferred.
-            self.circuit_open(pending);
-            return;
-        }
-        match endpoint.queue.push(pending) {
-            Ok(()) => {
-                self.waiting.insert(subscription.id.clone());
-                self.dirty.insert(subscription.id.clone());
+        let (state, circuit_open, backlog) = match &subscription {
+            None => (SubscriptionState::Deleted, false, Backlog::Room),
+            Some(subscription) if !subscription.enabled => (
+                SubscriptionState::Disabled {
+                    reason: &subscription.disabled_reason,
+                },
+                false,
+                Backlog::Room,
+            ),
+            Some(subscription) => {
+                let endpoint = self.endpoint_of(subscription);
+                let backlog = if endpoint.queue.is_full() {
+                    Backlog::Full
+                } else {
+                    Backlog::Room
+                };
+                (
+                    SubscriptionState::Enabled,
+                    endpoint.queue.is_open(now),
+                    backlog,
+                )
             }
-            Err(overflow) => self.defer(overflow.into_inner(), "backlog"),
+        };
+        let admission = admission::admit(&AdmissionFacts {
+            subscription: state,
+            circuit_open,
+            backlog,
+            can_defer: self.first_tier_topic.is_some(),
+        });
+        match (admission, &subscription) {
+            (Admission::Skip { reason }, _) => self.skip(pending, reason),
+            (Admission::DeadLetter { reason }, _) => self.dead_letter_disabled(pending, reason),
+            (Admission::NotSent, _) => self.circuit_open(pending),
+            (Admission::Defer { reason }, _) => self.defer(pending, reason),
+            (admission @ (Admission::Queue | Admission::QueuePastBacklog), Some(subscription)) => {
+                let id = subscription.id.clone();
+                let queue = &mut self.endpoint_of(subscription).queue;
+                if admission == Admission::QueuePastBacklog {
+                    queue.push_past_backlog(pending);
+                } else if let Err(overflow) = queue.push(pending) {
+                    // Full since the facts were read: cannot happen on this one thread, and
+                    // keeping the task in memory loses nothing.
+                    queue.push_past_backlog(overflow.into_inner());
+                }
+                self.waiting.insert(id.clone());
+                self.dirty.insert(id);
+            }
+            // `admit` queues only for an enabled subscription.
+            (Admission::Queue | Admission::QueuePastBacklog, None) => {
+                self.skip(pending, admission::SKIP_DELETED);
+            }
         }
     }
 
@@ -911,20 +945,8 @@ impl Engine {
     /// attempt.
     fn defer(&mut self, pending: Pending, reason: &'static str) {
         let Some(tier_topic) = self.first_tier_topic.clone() else {
-            // No tier to park on: keep it in memory past the backlog limit (the partition's
-            // uncommitted window bounds that). Dropping it would lose it and leave its offset
-            // unfinished, so nothing of the partition could be committed past it again.
-            let id = pending.task.subscription_id.clone();
-            match self.endpoints.get_mut(&id) {
-                Some(endpoint) => {
-                    endpoint.queue.push_past_backlog(pending);
-                    self.waiting.insert(id.clone());
-                    self.dirty.insert(id);
-                }
-                // Only `accept` defers, right after making the queue: cannot happen, but if it
-                // did, deciding afresh is what keeps the task.
-                None => self.accept(pending),
-            }
+            // `admit` defers only when a tier exists; deciding afresh keeps the task either way.
+            self.accept(pending);
             return;
         };
         metrics::counter!(names::SENDER_DEFERRED_TOTAL, "reason" => reason).increment(1);
@@ -937,17 +959,32 @@ impl Engine {
                 .or(task.created_at.as_ref())
                 .and_then(timestamp::to_system_time)
                 .unwrap_or(now);
-            let expired = ctx.schedule.expired(first_seen, now);
-            // The rng is not Send: draw before any await.
-            let deferral = ctx.schedule.defer(now, &mut rand::rng());
-            if let Some(dead) = expired {
-                let reason = format!("{dead} (deferred {} times)", task.deferrals);
-                attempt::dead_letter(&ctx, &task, reason, now).await;
-            } else if let Some(deferral) = deferral {
-                task.deferrals += 1;
-                task.not_before = Some(timestamp::from_system_time(deferral.not_before));
-                let key = task.subscription_id.clone();
-                ctx.writes.write_record(&tier_topic, &key, task).await;
+            // The rng is not Send: drawn before any await.
+            let plan = admission::plan_deferral(
+                &ctx.schedule,
+                first_seen,
+                task.deferrals,
+                now,
+                &mut rand::rng(),
+            );
+            match plan {
+                Some(DeferralPlan::Park {
+                    not_before,
+                    deferrals,
+                }) => {
+                    task.deferrals = deferrals;
+                    task.not_before = Some(timestamp::from_system_time(not_before));
+                    let key = task.subscription_id.clone();
+                    ctx.writes.write_record(&tier_topic, &key, task).await;
+                }
+                Some(DeferralPlan::DeadLetter { reason }) => {
+                    attempt::dead_letter(&ctx, &task, reason, now).await;
+                }
+                // A first tier topic exists only for a schedule with a tier.
+                None => {
+                    let reason = "no retry tier to defer to".to_owned();
+                    attempt::dead_letter(&ctx, &task, reason, now).await;
+                }
             }
         });
     }
@@ -962,9 +999,8 @@ impl Engine {
 
     /// A disabled subscription's deliveries are kept in the DLQ (replayable once re-enabled),
     /// never dropped silently.
-    fn dead_letter_disabled(&mut self, pending: Pending, subscription: &Subscription) {
+    fn dead_letter_disabled(&mut self, pending: Pending, reason: String) {
         metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => "disabled").increment(1);
-        let reason = format!("subscription disabled: {}", subscription.disabled_reason);
         let ctx = self.ctx.clone();
         self.finish_after(pending, |task| async move {
             attempt::dead_letter(&ctx, &task, reason, SystemTime::now()).await;
@@ -1079,9 +1115,9 @@ impl Engine {
                 }
                 None => {
                     // Deleted while it waited in the queue: the history says so.
-                    metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => "deleted")
+                    metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => admission::SKIP_DELETED)
                         .increment(1);
-                    record_skipped(&ctx, &pending.task, "deleted").await;
+                    record_skipped(&ctx, &pending.task, admission::SKIP_DELETED).await;
                     None
                 }
             };
