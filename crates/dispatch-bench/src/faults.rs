@@ -847,23 +847,37 @@ async fn broker_pause(
     outcome
 }
 
-/// Waits (up to 120 s) until every topic of the run lists a leader for each partition.
+/// Waits (up to 120 s) until every topic of the run lists a leader for each partition; a
+/// failure says what the last look found.
 async fn wait_for_leaders(harness: &Harness) -> anyhow::Result<()> {
     let admin = dispatch_kafka::admin::TopicAdmin::new(&harness.kafka)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let ready = match admin.topic_shapes().await {
-            Ok(shapes) => shapes
-                .iter()
-                .filter(|(name, _)| name.starts_with(&harness.kafka.topic_prefix))
-                .all(|(_, shape)| shape.ready),
-            Err(_) => false,
+        let not_ready = match admin.topic_shapes().await {
+            Ok(shapes) => {
+                let of_run: Vec<&String> = shapes
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(&harness.kafka.topic_prefix))
+                    .filter(|(_, shape)| !shape.ready)
+                    .map(|(name, _)| name)
+                    .collect();
+                if shapes
+                    .keys()
+                    .any(|name| name.starts_with(&harness.kafka.topic_prefix))
+                {
+                    (!of_run.is_empty())
+                        .then(|| format!("without a leader or with an error: {of_run:?}"))
+                } else {
+                    Some("no topic of the run in the metadata".to_owned())
+                }
+            }
+            Err(error) => Some(format!("metadata request failed: {error}")),
         };
-        if ready {
+        let Some(reason) = not_ready else {
             return Ok(());
-        }
+        };
         if std::time::Instant::now() >= deadline {
-            bail!("the resumed broker did not lead every partition within 120 s");
+            bail!("the resumed broker did not lead every partition within 120 s ({reason})");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

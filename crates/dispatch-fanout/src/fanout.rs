@@ -16,7 +16,7 @@ use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
 use dispatch_kafka::client::is_fatal;
 use dispatch_kafka::group_health::{
-    GroupWatch, Rejoins, Stall, group_stuck, is_fenced_member, retire, stuck_after,
+    BrokerWatch, GroupWatch, Rejoins, Stall, group_stuck, is_fenced_member, retire, stuck_after,
 };
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_kafka::subscription_view::SubscriptionView;
@@ -291,9 +291,16 @@ struct Refusal {
 #[derive(Debug, Default)]
 struct FanoutProducerContext {
     refusals: Mutex<Vec<Refusal>>,
+    /// Whether the producer still knows a broker (see [`BrokerWatch`]): one that dropped them
+    /// all never finishes a transactional call, which then only looks retriable.
+    brokers: BrokerWatch,
 }
 
-impl ClientContext for FanoutProducerContext {}
+impl ClientContext for FanoutProducerContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.brokers.observe(&statistics);
+    }
+}
 
 impl ProducerContext for FanoutProducerContext {
     type DeliveryOpaque = usize;
@@ -700,7 +707,21 @@ impl Fanout {
                         info!(call = call.label(), %error, "stopping while a transactional call is repeated; the next incarnation aborts what is open");
                         return Err(BatchFailure::Stopped);
                     }
-                    if started.elapsed() >= retry_max {
+                    // A producer that knows no broker any more never finishes the call: a
+                    // new one is what helps, without waiting out the whole retry budget.
+                    let blind = self
+                        .producer
+                        .context()
+                        .brokers
+                        .blind_for()
+                        .is_some_and(|blind| blind >= stuck_after(self.kafka.session_timeout()));
+                    if started.elapsed() >= retry_max || blind {
+                        if blind {
+                            warn!(
+                                call = call.label(),
+                                "the fan-out's producer knows no broker any more (librdkafka dropped them all)"
+                            );
+                        }
                         return Err(BatchFailure::Exit(Error::TransactionStuck {
                             call: call.label(),
                             waited_ms: started.elapsed().as_millis() as u64,
@@ -1223,6 +1244,11 @@ fn transactional_producer(
         .set(
             "transaction.timeout.ms",
             config.transaction_timeout_ms.to_string(),
+        )
+        // For the context's BrokerWatch.
+        .set(
+            "statistics.interval.ms",
+            dispatch_kafka::lag::statistics_interval(kafka),
         )
         .create_with_context(FanoutProducerContext::default())
         .map_err(Error::Kafka)?;

@@ -87,6 +87,8 @@ enum RejoinReason {
     GroupStuck,
     /// One of its assigned partitions stayed out of the `active` fetch state for too long.
     PartitionStuck,
+    /// It knew no broker of the cluster for too long (see [`BrokerWatch`]).
+    NoBroker,
 }
 
 impl RejoinReason {
@@ -95,6 +97,7 @@ impl RejoinReason {
             RejoinReason::Fenced => "fenced",
             RejoinReason::GroupStuck => "group_stuck",
             RejoinReason::PartitionStuck => "partition_stuck",
+            RejoinReason::NoBroker => "no_broker",
         }
     }
 }
@@ -126,6 +129,14 @@ pub fn group_stuck(group: &str, stall: &Stall) {
                 "an assigned partition has not been fetched from too long: rejoining with a fresh consumer"
             );
             count_rejoin(group, RejoinReason::PartitionStuck);
+        }
+        StallCause::NoBroker => {
+            tracing::warn!(
+                group,
+                away_s,
+                "the consumer has known no broker of the cluster too long (librdkafka dropped them all): rejoining with a fresh consumer"
+            );
+            count_rejoin(group, RejoinReason::NoBroker);
         }
     }
 }
@@ -168,6 +179,50 @@ pub enum StallCause {
         partition: i32,
         fetch_state: String,
     },
+    /// The client knows no broker of the cluster any more (see [`BrokerWatch`]).
+    NoBroker,
+}
+
+/// Whether a client still knows a broker of the cluster, from librdkafka's statistics.
+///
+/// librdkafka (since 2.10) removes every broker a Metadata response does not list. A KRaft
+/// broker that was just resumed after a stall, still fenced by its controller, answers
+/// Metadata with no broker at all; the client then drops every broker it had learned and,
+/// with only its bootstrap address left, may never learn them again ("no usable brokers",
+/// librdkafka#5301): its transactions, group and fetches wait forever. Seen in the fault
+/// suite's `broker-freeze` (the fan-out's commit stayed unfinished for a minute after the
+/// thaw) and `broker-pause`. A fresh client bootstraps and learns the brokers again.
+#[derive(Debug, Default)]
+pub struct BrokerWatch {
+    blind_since: Mutex<Option<Instant>>,
+}
+
+impl BrokerWatch {
+    /// Notes from one statistics report whether the client knows a broker it learned from
+    /// the cluster (bootstrap, internal and coordinator entries do not count).
+    pub fn observe(&self, statistics: &Statistics) {
+        let knows_one = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.source == "learned");
+        let mut since = self
+            .blind_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *since = if knows_one {
+            None
+        } else {
+            Some(since.unwrap_or_else(Instant::now))
+        };
+    }
+
+    /// How long the client has known no broker of the cluster, if it knows none.
+    pub fn blind_for(&self) -> Option<Duration> {
+        self.blind_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|since| since.elapsed())
+    }
 }
 
 /// Follows a group consumer's state from librdkafka's statistics (feed it from the client
@@ -175,12 +230,14 @@ pub enum StallCause {
 /// not been able to fetch ([`GroupWatch::stall`]): its group handler away from its coordinator
 /// (`cgrp.state` not `up`) or out of a settled membership (`cgrp.join_state` not `steady`:
 /// joining, syncing, waiting for a revoke to complete), or one of its assigned partitions out
-/// of the `active` fetch state. The last one is the librdkafka failure class of a partition
+/// of the `active` fetch state, or the client knowing no broker at all ([`BrokerWatch`]). The
+/// partition rule is for the librdkafka failure class of a partition
 /// left in `offset-query` or `validate-epoch-wait` after a leader change or a broker stall
 /// (librdkafka#4492, #4620), which only a new consumer gets out of.
 #[derive(Debug, Default)]
 pub struct GroupWatch {
     state: Mutex<WatchState>,
+    brokers: BrokerWatch,
 }
 
 #[derive(Debug, Default)]
@@ -204,6 +261,7 @@ impl GroupWatch {
         let Some(group) = &statistics.cgrp else {
             return;
         };
+        self.brokers.observe(statistics);
         let now = Instant::now();
         let mut state = self
             .state
@@ -272,7 +330,12 @@ impl GroupWatch {
                     },
                 )
             });
-        [group, partition]
+        let blind = self
+            .brokers
+            .blind_for()
+            .and_then(|blind| Instant::now().checked_sub(blind))
+            .map(|since| (since, StallCause::NoBroker));
+        [group, partition, blind]
             .into_iter()
             .flatten()
             .min_by_key(|(since, _)| *since)
@@ -330,8 +393,51 @@ mod tests {
                 join_state: join_state.to_owned(),
                 ..ConsumerGroup::default()
             }),
+            brokers: brokers(&[
+                ("127.0.0.1:9092/bootstrap", "configured"),
+                ("127.0.0.1:9092/1", "learned"),
+            ]),
             ..Statistics::default()
         }
+    }
+
+    fn brokers(
+        entries: &[(&str, &str)],
+    ) -> std::collections::HashMap<String, rdkafka::statistics::Broker> {
+        entries
+            .iter()
+            .map(|(name, source)| {
+                let broker = rdkafka::statistics::Broker {
+                    name: (*name).to_owned(),
+                    source: (*source).to_owned(),
+                    state: "UP".to_owned(),
+                    ..Default::default()
+                };
+                ((*name).to_owned(), broker)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_client_that_dropped_every_learned_broker_is_blind_from_when_first_seen() {
+        let watch = GroupWatch::default();
+        watch.observe(&statistics("up", 60_000));
+        assert_eq!(watch.stall(), None, "knows broker 1");
+        // librdkafka#5301: a Metadata response without brokers; only the bootstrap is left.
+        let mut blind = statistics("up", 60_000);
+        blind.brokers = brokers(&[
+            ("127.0.0.1:9092/bootstrap", "configured"),
+            (":0/internal", "internal"),
+        ]);
+        watch.observe(&blind);
+        let first = watch.stall().expect("blind");
+        assert_eq!(first.cause, StallCause::NoBroker);
+        std::thread::sleep(Duration::from_millis(20));
+        watch.observe(&blind);
+        let later = watch.stall().expect("still blind");
+        assert!(later.duration > first.duration, "{first:?} then {later:?}");
+        watch.observe(&statistics("up", 60_000));
+        assert_eq!(watch.stall(), None, "learned again");
     }
 
     #[test]
