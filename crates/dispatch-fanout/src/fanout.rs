@@ -195,6 +195,8 @@ const LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// same call again", so shorter attempts cost nothing and let the loop look at the stop flag
 /// (the recorded broker-loss failure saw no exit within 13 s of SIGTERM).
 const CALL_ATTEMPT_MAX: Duration = Duration::from_secs(5);
+/// Longest an empty batch is waited for before the loop looks at the group's health again.
+const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// Pause between two attempts of a retried call.
 const CALL_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Seeks tried for one partition before its position is considered lost.
@@ -630,6 +632,10 @@ impl Fanout {
     ) -> Result<Vec<BorrowedMessage<'a>>> {
         let mut batch = Vec::new();
         let mut deadline: Option<Instant> = None;
+        // With nothing to read, return now and then: the caller's checks of the group's health
+        // run between batches, and a consumer librdkafka left unable to fetch reads nothing,
+        // ever (a broker-freeze run stayed in here for 4 minutes with its group lost).
+        let idle_until = Instant::now() + IDLE_RETURN;
         self.consumer
             .context()
             .rebalanced
@@ -637,6 +643,7 @@ impl Fanout {
         while batch.len() < self.config.batch_max_records && !stop.load(Ordering::SeqCst) {
             let timeout = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None if Instant::now() >= idle_until => break,
                 None => Duration::from_millis(100),
             };
             if deadline.is_some() && timeout.is_zero() {
