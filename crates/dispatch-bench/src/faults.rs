@@ -465,9 +465,15 @@ async fn close(
         failures.push(format!("{crashed} exited on its own"));
     }
     *logs = harness.system.dir.display().to_string();
-    harness
-        .finish(!verdict.passed() || !failures.is_empty())
-        .await;
+    let failed = !verdict.passed() || !failures.is_empty();
+    if failed {
+        // The roles are still running: keep what their threads are doing.
+        let dumps = harness.system.dump_threads();
+        if !dumps.is_empty() {
+            eprintln!("thread backtraces of the roles: {dumps:?}");
+        }
+    }
+    harness.finish(failed).await;
 }
 
 /// Endpoints of accounts 0 and 1 (eight) fail for their whole schedule.

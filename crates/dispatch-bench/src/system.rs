@@ -487,6 +487,37 @@ impl System {
         self.processes.iter_mut().map(RoleProcess::usage).collect()
     }
 
+    /// Writes every running role's thread backtraces (gdb, when installed) next to its log as
+    /// `<role>-threads.txt`: what a failed run leaves to explain a role that was alive and
+    /// doing nothing. Returns the files written.
+    pub fn dump_threads(&self) -> Vec<PathBuf> {
+        let mut written = Vec::new();
+        for process in &self.processes {
+            let Some(pid) = process.pid() else { continue };
+            let dumped = std::process::Command::new("gdb")
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "thread apply all bt",
+                ])
+                .stdin(Stdio::null())
+                .output();
+            let Ok(output) = dumped else {
+                // No gdb here: nothing to keep.
+                return written;
+            };
+            let file = self.dir.join(format!("{}-threads.txt", process.name()));
+            let mut text = output.stdout;
+            text.extend_from_slice(&output.stderr);
+            if std::fs::write(&file, text).is_ok() {
+                written.push(file);
+            }
+        }
+        written
+    }
+
     /// Names of processes that exited on their own (a crash the scenario did not cause).
     pub fn crashed(&mut self) -> Vec<String> {
         let mut crashed = Vec::new();
