@@ -573,11 +573,34 @@ impl Fanout {
     fn consume(&self, stop: &AtomicBool) -> Result<Consumption> {
         let batch_wait = Duration::from_millis(self.config.batch_max_ms);
         let stuck_bound = stuck_after(self.kafka.session_timeout());
+        // Partitions already reported as handing nothing out, at the position reported.
+        let mut reported: BTreeSet<(String, i32, i64)> = BTreeSet::new();
         while !stop.load(Ordering::SeqCst) {
             if let Some(stall) = self.consumer.context().watch.stall()
                 && stall.duration >= stuck_bound
             {
                 return Ok(Consumption::GroupStuck(stall));
+            }
+            // Diagnosis only (see GroupWatch::waiting_longer_than): a consumer that fetches
+            // and hands out nothing is the one stall the watch does not act on yet.
+            for ((topic, partition), waiting) in self
+                .consumer
+                .context()
+                .watch
+                .waiting_longer_than(stuck_bound)
+            {
+                if reported.insert((topic.clone(), partition, waiting.position)) {
+                    warn!(
+                        topic,
+                        partition,
+                        position = waiting.position,
+                        stable = waiting.stable,
+                        fetch_state = %waiting.fetch_state,
+                        dropped_as_outdated = waiting.dropped_as_outdated,
+                        standing_s = waiting.since.elapsed().as_secs(),
+                        "an assigned partition has handed out nothing while records wait"
+                    );
+                }
             }
             let batch = match self.collect_batch(batch_wait, stop) {
                 Ok(batch) => batch,

@@ -250,6 +250,24 @@ struct WatchState {
     /// Assigned partitions not `active`, with their fetch state and since when they were first
     /// seen so.
     not_fetching: BTreeMap<(String, i32), (String, Instant)>,
+    /// Assigned partitions holding records past what was handed to the application, with the
+    /// position they were first seen at and since when it has not moved.
+    waiting: BTreeMap<(String, i32), Waiting>,
+}
+
+/// An assigned partition whose position has not moved while records wait past it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Where the application stands (`app_offset`).
+    pub position: i64,
+    /// The last stable offset: records up to it can be read.
+    pub stable: i64,
+    /// librdkafka's fetch state.
+    pub fetch_state: String,
+    /// Fetched records dropped as outdated (`rx_ver_drops`).
+    pub dropped_as_outdated: u64,
+    /// Since when the position has not moved.
+    pub since: Instant,
 }
 
 /// The fetch state of an assigned partition that fetches (librdkafka's `rd_kafka_fetch_states`).
@@ -279,15 +297,35 @@ impl GroupWatch {
         // Only partitions of a settled assignment count: while the group rebalances, stopped
         // and starting partitions are expected (and counted by `unsettled_since`).
         let mut not_fetching = BTreeMap::new();
+        let mut waiting = BTreeMap::new();
         if group.state == "up" && group.join_state == "steady" {
             for (name, topic) in &statistics.topics {
                 for partition in topic.partitions.values() {
                     // `desired`: in the application's assignment; -1 is librdkafka's
                     // unassigned-partition bucket.
-                    if partition.partition < 0
-                        || !partition.desired
-                        || partition.fetch_state == FETCHING
-                    {
+                    if partition.partition < 0 || !partition.desired {
+                        continue;
+                    }
+                    let position = partition.app_offset.max(partition.lo_offset);
+                    if partition.ls_offset > position {
+                        let key = (name.clone(), partition.partition);
+                        let since = state
+                            .waiting
+                            .get(&key)
+                            .filter(|seen| seen.position == position)
+                            .map_or(now, |seen| seen.since);
+                        waiting.insert(
+                            key,
+                            Waiting {
+                                position,
+                                stable: partition.ls_offset,
+                                fetch_state: partition.fetch_state.clone(),
+                                dropped_as_outdated: partition.rx_ver_drops,
+                                since,
+                            },
+                        );
+                    }
+                    if partition.fetch_state == FETCHING {
                         continue;
                     }
                     let key = (name.clone(), partition.partition);
@@ -302,6 +340,24 @@ impl GroupWatch {
             }
         }
         state.not_fetching = not_fetching;
+        state.waiting = waiting;
+    }
+
+    /// Assigned partitions whose position has not moved for at least `for_at_least` while
+    /// records wait past it. Not a stall by itself — a role may hold a partition on purpose
+    /// (the sender pauses partitions) or be busy elsewhere — but what a consumer that fetches
+    /// and hands nothing out looks like; the fan-out, which never pauses, logs it.
+    pub fn waiting_longer_than(&self, for_at_least: Duration) -> Vec<((String, i32), Waiting)> {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state
+            .waiting
+            .iter()
+            .filter(|(_, waiting)| waiting.since.elapsed() >= for_at_least)
+            .map(|(key, waiting)| (key.clone(), waiting.clone()))
+            .collect()
     }
 
     /// How long the consumer has not been able to fetch, and why, if it has not: the longest
@@ -551,6 +607,47 @@ mod tests {
         assert!(later.duration > first.duration, "{first:?} then {later:?}");
         watch.observe(&with_partition(statistics("up", 60_040), "active", true));
         assert_eq!(watch.stall(), None, "fetching again");
+    }
+
+    #[test]
+    fn a_partition_whose_position_stands_while_records_wait_is_reported_not_stalled() {
+        let watch = GroupWatch::default();
+        let mut waiting = with_partition(statistics("up", 60_000), "active", true);
+        if let Some(partition) = waiting
+            .topics
+            .get_mut("dispatch.deliveries")
+            .and_then(|topic| topic.partitions.get_mut(&2))
+        {
+            partition.app_offset = 100;
+            partition.ls_offset = 250;
+            partition.rx_ver_drops = 7;
+        }
+        watch.observe(&waiting);
+        assert_eq!(watch.stall(), None, "fetching, so not a stall");
+        std::thread::sleep(Duration::from_millis(20));
+        watch.observe(&waiting);
+        let reported = watch.waiting_longer_than(Duration::from_millis(10));
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        let (key, seen) = &reported[0];
+        assert_eq!(key, &("dispatch.deliveries".to_owned(), 2));
+        assert_eq!(
+            (seen.position, seen.stable, seen.dropped_as_outdated),
+            (100, 250, 7)
+        );
+        // The position moved: counted afresh.
+        if let Some(partition) = waiting
+            .topics
+            .get_mut("dispatch.deliveries")
+            .and_then(|topic| topic.partitions.get_mut(&2))
+        {
+            partition.app_offset = 150;
+        }
+        watch.observe(&waiting);
+        assert!(
+            watch
+                .waiting_longer_than(Duration::from_millis(10))
+                .is_empty()
+        );
     }
 
     #[test]
