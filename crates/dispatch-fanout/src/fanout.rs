@@ -195,6 +195,8 @@ const LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// same call again", so shorter attempts cost nothing and let the loop look at the stop flag
 /// (the recorded broker-loss failure saw no exit within 13 s of SIGTERM).
 const CALL_ATTEMPT_MAX: Duration = Duration::from_secs(5);
+/// The transactional producer's `statistics.interval.ms` (its BrokerWatch).
+const PRODUCER_STATISTICS_INTERVAL_MS: &str = "1000";
 /// Longest an empty batch is waited for before the loop looks at the group's health again.
 const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// Pause between two attempts of a retried call.
@@ -727,6 +729,22 @@ impl Fanout {
         let retry_max = Duration::from_millis(self.config.transaction_retry_max_ms);
         let attempt_timeout = self.request_timeout.min(CALL_ATTEMPT_MAX);
         loop {
+            // A producer that knows no broker (librdkafka#5301) does not only fail its
+            // transactional calls: `send_offsets_to_transaction` then waits for its reply
+            // without end, whatever its timeout (a thread dump of a broker-freeze failure
+            // showed the fan-out's thread there for minutes). Never make the call then: the
+            // producer is replaced instead.
+            if self.producer.context().brokers.blind_for().is_some() {
+                warn!(
+                    call = call.label(),
+                    "the fan-out's producer knows no broker any more (librdkafka dropped them all); not making the call"
+                );
+                return Err(BatchFailure::Exit(Error::TransactionStuck {
+                    call: call.label(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    source: KafkaError::Flush(RDKafkaErrorCode::AllBrokersDown),
+                }));
+            }
             let error = match attempt(attempt_timeout) {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
@@ -1275,11 +1293,9 @@ fn transactional_producer(
             "transaction.timeout.ms",
             config.transaction_timeout_ms.to_string(),
         )
-        // For the context's BrokerWatch.
-        .set(
-            "statistics.interval.ms",
-            dispatch_kafka::lag::statistics_interval(kafka),
-        )
+        // For the context's BrokerWatch: often, since a transactional call made in the window
+        // between losing every broker and the next report can hang (see `call`).
+        .set("statistics.interval.ms", PRODUCER_STATISTICS_INTERVAL_MS)
         .create_with_context(FanoutProducerContext::default())
         .map_err(Error::Kafka)?;
     producer
