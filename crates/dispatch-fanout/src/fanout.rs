@@ -728,6 +728,13 @@ impl Fanout {
         let started = Instant::now();
         let retry_max = Duration::from_millis(self.config.transaction_retry_max_ms);
         let attempt_timeout = self.request_timeout.min(CALL_ATTEMPT_MAX);
+        let stuck = |source: KafkaError| {
+            Err(BatchFailure::Exit(Error::TransactionStuck {
+                call: call.label(),
+                waited_ms: started.elapsed().as_millis() as u64,
+                source,
+            }))
+        };
         loop {
             // A producer that knows no broker (librdkafka#5301) does not only fail its
             // transactional calls: `send_offsets_to_transaction` then waits for its reply
@@ -739,11 +746,7 @@ impl Fanout {
                     call = call.label(),
                     "the fan-out's producer knows no broker any more (librdkafka dropped them all); not making the call"
                 );
-                return Err(BatchFailure::Exit(Error::TransactionStuck {
-                    call: call.label(),
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    source: KafkaError::Flush(RDKafkaErrorCode::AllBrokersDown),
-                }));
+                return stuck(KafkaError::Flush(RDKafkaErrorCode::AllBrokersDown));
             }
             let error = match attempt(attempt_timeout) {
                 Ok(value) => return Ok(value),
@@ -755,26 +758,9 @@ impl Fanout {
                         info!(call = call.label(), %error, "stopping while a transactional call is repeated; the next incarnation aborts what is open");
                         return Err(BatchFailure::Stopped);
                     }
-                    // A producer that knows no broker any more never finishes the call: a
-                    // new one is what helps, without waiting out the whole retry budget.
-                    let blind = self
-                        .producer
-                        .context()
-                        .brokers
-                        .blind_for()
-                        .is_some_and(|blind| blind >= stuck_after(self.kafka.session_timeout()));
-                    if started.elapsed() >= retry_max || blind {
-                        if blind {
-                            warn!(
-                                call = call.label(),
-                                "the fan-out's producer knows no broker any more (librdkafka dropped them all)"
-                            );
-                        }
-                        return Err(BatchFailure::Exit(Error::TransactionStuck {
-                            call: call.label(),
-                            waited_ms: started.elapsed().as_millis() as u64,
-                            source: error,
-                        }));
+                    // (A producer that knows no broker is caught before the next attempt.)
+                    if started.elapsed() >= retry_max {
+                        return stuck(error);
                     }
                     warn!(call = call.label(), %error, "transactional call failed retriably; making it again");
                     metrics::counter!(names::FANOUT_TRANSACTION_RETRIES_TOTAL, "call" => call.label())

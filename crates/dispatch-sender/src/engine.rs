@@ -831,13 +831,17 @@ impl Engine {
             (Admission::Defer { reason }, _) => self.defer(pending, reason),
             (admission @ (Admission::Queue | Admission::QueuePastBacklog), Some(subscription)) => {
                 let id = subscription.id.clone();
-                let queue = &mut self.endpoint_of(subscription).queue;
-                if admission == Admission::QueuePastBacklog {
-                    queue.push_past_backlog(pending);
-                } else if let Err(overflow) = queue.push(pending) {
-                    // Full since the facts were read: cannot happen on this one thread, and
-                    // keeping the task in memory loses nothing.
-                    queue.push_past_backlog(overflow.into_inner());
+                let past_backlog = admission == Admission::QueuePastBacklog;
+                // The queue `endpoint_of` made and updated above (looked up again, not remade:
+                // this runs per delivery).
+                if let Some(endpoint) = self.endpoints.get_mut(&id) {
+                    enqueue(&mut endpoint.queue, pending, past_backlog);
+                } else {
+                    enqueue(
+                        &mut self.endpoint_of(subscription).queue,
+                        pending,
+                        past_backlog,
+                    );
                 }
                 self.waiting.insert(id.clone());
                 self.dirty.insert(id);
@@ -1335,6 +1339,17 @@ impl Engine {
 
 /// Writes the attempt record of a task not attempted because its subscription was `reason`
 /// (deleted, …): outcome `SKIPPED`, next action done, so its history ends visibly.
+/// Appends an admitted task to its endpoint's queue (past the backlog limit when admission
+/// said so). A queue found full since the facts were read — not possible on the loop's one
+/// thread — keeps the task anyway: in memory it is not lost.
+fn enqueue(queue: &mut EndpointQueue<Pending>, pending: Pending, past_backlog: bool) {
+    if past_backlog {
+        queue.push_past_backlog(pending);
+    } else if let Err(overflow) = queue.push(pending) {
+        queue.push_past_backlog(overflow.into_inner());
+    }
+}
+
 async fn record_skipped(ctx: &AttemptContext, task: &DeliveryTask, reason: &str) {
     let record = AttemptRecord {
         started_at: Some(timestamp::from_system_time(SystemTime::now())),
