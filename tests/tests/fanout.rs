@@ -574,6 +574,19 @@ async fn a_producer_that_failed_for_good_is_replaced_and_nothing_is_doubled() {
     );
 }
 
+/// Forced through the test seam: a `send_offsets_to_transaction` call never returns, as
+/// librdkafka 2.12 leaves it after a stalled broker resumed (librdkafka#5301; seen in a thread
+/// dump of the broker-pause test). The call's deadline gives up on it, the fan-out replaces its
+/// producer (fencing the hung one, aborting its transaction) and consumer, and every task
+/// exists exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_call_that_never_returns_is_abandoned_and_nothing_is_doubled() {
+    let faults = InjectedFaults::default();
+    faults.hung_calls.store(1, SeqCst);
+    let faults = fan_out_exactly_once_despite("fanout-hung", faults).await;
+    assert_eq!(faults.hung_calls.load(SeqCst), 0, "the seam hung a call");
+}
+
 /// Publishes 40 events into one partition, runs a fan-out (batches of 10) that meets `faults`,
 /// and asserts that every event's task exists exactly once (`read_committed`), the offsets are
 /// committed to the end and the fan-out is still running. Returns the faults, to check which

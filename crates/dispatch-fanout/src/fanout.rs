@@ -195,10 +195,17 @@ const LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// same call again", so shorter attempts cost nothing and let the loop look at the stop flag
 /// (the recorded broker-loss failure saw no exit within 13 s of SIGTERM).
 const CALL_ATTEMPT_MAX: Duration = Duration::from_secs(5);
+/// How much longer than its own timeout a transactional call may take before it is given up
+/// as hung (librdkafka#5301). librdkafka reports a timed-out request a few seconds late under
+/// load (a send_offsets attempt of 5 s answered "timed out after 12095 ms"), which must not
+/// count as hung.
+const CALL_HANG_GRACE: Duration = Duration::from_secs(15);
 /// The transactional producer's `statistics.interval.ms` (its BrokerWatch).
 const PRODUCER_STATISTICS_INTERVAL_MS: &str = "1000";
 /// Longest an empty batch is waited for before the loop looks at the group's health again.
 const IDLE_RETURN: Duration = Duration::from_secs(1);
+/// Pause before another new producer is tried, after one could not initialise transactions.
+const FRESH_PRODUCER_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause between two attempts of a retried call.
 const CALL_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Seeks tried for one partition before its position is considered lost.
@@ -350,6 +357,9 @@ pub struct InjectedFaults {
     /// `fanout.transaction_retry_max_ms` (tasks produced, offsets not sent): a producer that
     /// only a new one replaces.
     pub stuck_transactions: std::sync::atomic::AtomicU32,
+    /// This many `send_offsets_to_transaction` calls never return, as librdkafka#5301 leaves
+    /// them: the call's deadline must give up on them and replace the producer.
+    pub hung_calls: std::sync::atomic::AtomicU32,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -364,7 +374,8 @@ fn take_one(counter: &std::sync::atomic::AtomicU32) -> bool {
 /// A ready fan-out: clients created, transactions initialised, subscribed.
 pub struct Fanout {
     consumer: BaseConsumer<FanoutContext>,
-    producer: ThreadedProducer<FanoutProducerContext>,
+    /// Shared with the thread each transactional call runs on (see [`call_with_deadline`]).
+    producer: Arc<TxnProducer>,
     view: Arc<SubscriptionView>,
     names: TopicNames,
     lanes: BTreeSet<String>,
@@ -388,6 +399,9 @@ impl std::fmt::Debug for Fanout {
             .finish_non_exhaustive()
     }
 }
+
+/// The fan-out's transactional producer.
+type TxnProducer = ThreadedProducer<FanoutProducerContext>;
 
 /// Counts of one committed batch (returned for tests and logs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -555,13 +569,10 @@ impl Fanout {
                     // committed offsets.
                     warn!(%error, "the fan-out's producer failed for good: replacing it and the consumer");
                     metrics::counter!(names::FANOUT_PRODUCER_RECREATED_TOTAL).increment(1);
-                    let fresh = transactional_producer(
-                        &self.kafka,
-                        &self.config,
-                        self.message_max_bytes,
-                        self.batch_size,
-                    )?;
-                    retire(Arc::new(std::mem::replace(&mut self.producer, fresh)));
+                    let Some(fresh) = self.fresh_producer(stop)? else {
+                        break;
+                    };
+                    retire(std::mem::replace(&mut self.producer, fresh));
                 }
             }
             let fresh = subscribe(&self.kafka, &self.config, &self.subscription)?;
@@ -569,6 +580,36 @@ impl Fanout {
         }
         info!("fan-out stopping; leaving the group");
         Ok(())
+    }
+
+    /// A new transactional producer in place of one that failed for good. While the broker
+    /// cannot initialise one yet (still stalled, its coordinator moving), it is tried again for
+    /// up to `fanout.transaction_retry_max_ms`, the bound any retriable call gets; then the
+    /// error ends the role. None once `stop` is set.
+    fn fresh_producer(&self, stop: &AtomicBool) -> Result<Option<Arc<TxnProducer>>> {
+        let give_up_at =
+            Instant::now() + Duration::from_millis(self.config.transaction_retry_max_ms);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            match transactional_producer(
+                &self.kafka,
+                &self.config,
+                self.message_max_bytes,
+                self.batch_size,
+            ) {
+                Ok(fresh) => return Ok(Some(fresh)),
+                Err(error) if Instant::now() < give_up_at => {
+                    warn!(%error, "the fan-out's new producer could not initialise transactions; trying again");
+                    std::thread::sleep(FRESH_PRODUCER_BACKOFF);
+                }
+                Err(error) => {
+                    error!(%error, "the fan-out's new producer could not initialise transactions within fanout.transaction_retry_max_ms; exiting");
+                    return Err(error);
+                }
+            }
+        }
     }
 
     /// Consumes batches until `stop` or until a rewind failed.
@@ -718,16 +759,18 @@ impl Fanout {
 
     /// Makes a transactional call, repeating it while librdkafka calls its error retriable
     /// (bounded by `fanout.transaction_retry_max_ms`), and turns any other error into what the
-    /// loop does next ([`txn::decide`]).
-    fn call<T>(
+    /// loop does next ([`txn::decide`]). Each attempt runs on a thread of its own with a
+    /// deadline (see [`call_with_deadline`]): one that never returns ends in a new producer.
+    fn call<T: Send + 'static>(
         &self,
         call: TxnCall,
         stop: &AtomicBool,
-        mut attempt: impl FnMut(Duration) -> KafkaResult<T>,
+        attempt: impl Fn(&TxnProducer, Duration) -> KafkaResult<T> + Send + Sync + 'static,
     ) -> Result<T, BatchFailure> {
         let started = Instant::now();
         let retry_max = Duration::from_millis(self.config.transaction_retry_max_ms);
         let attempt_timeout = self.request_timeout.min(CALL_ATTEMPT_MAX);
+        let attempt = Arc::new(attempt);
         let stuck = |source: KafkaError| {
             Err(BatchFailure::Exit(Error::TransactionStuck {
                 call: call.label(),
@@ -736,11 +779,9 @@ impl Fanout {
             }))
         };
         loop {
-            // A producer that knows no broker (librdkafka#5301) does not only fail its
-            // transactional calls: `send_offsets_to_transaction` then waits for its reply
-            // without end, whatever its timeout (a thread dump of a broker-freeze failure
-            // showed the fan-out's thread there for minutes). Never make the call then: the
-            // producer is replaced instead.
+            // A producer that knows no broker (librdkafka#5301) fails its transactional calls
+            // or waits for their replies without end: do not make the call, replace the
+            // producer. The deadline below catches a call that was already under way.
             if self.producer.context().brokers.blind_for().is_some() {
                 warn!(
                     call = call.label(),
@@ -748,9 +789,30 @@ impl Fanout {
                 );
                 return stuck(KafkaError::Flush(RDKafkaErrorCode::AllBrokersDown));
             }
-            let error = match attempt(attempt_timeout) {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
+            let this_attempt = Arc::clone(&attempt);
+            #[cfg(feature = "fault-injection")]
+            let hang = call == TxnCall::SendOffsets && take_one(&self.faults.hung_calls);
+            let made = call_with_deadline(
+                &self.producer,
+                call.label(),
+                attempt_timeout + CALL_HANG_GRACE,
+                move |producer| {
+                    #[cfg(feature = "fault-injection")]
+                    if hang {
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    this_attempt(producer, attempt_timeout)
+                },
+            );
+            let error = match made {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(hung) => {
+                    error!(error = %hung, "a transactional call never returned (librdkafka#5301); replacing the producer");
+                    return Err(BatchFailure::Exit(hung));
+                }
             };
             match txn::decide(call, TxnErrorTraits::of(&error)) {
                 TxnAction::RetrySameCall => {
@@ -758,7 +820,6 @@ impl Fanout {
                         info!(call = call.label(), %error, "stopping while a transactional call is repeated; the next incarnation aborts what is open");
                         return Err(BatchFailure::Stopped);
                     }
-                    // (A producer that knows no broker is caught before the next attempt.)
                     if started.elapsed() >= retry_max {
                         return stuck(error);
                     }
@@ -781,7 +842,9 @@ impl Fanout {
         stop: &AtomicBool,
     ) -> Result<BatchCounts, BatchFailure> {
         let started = Instant::now();
-        self.call(TxnCall::Begin, stop, |_| self.producer.begin_transaction())?;
+        self.call(TxnCall::Begin, stop, |producer, _| {
+            producer.begin_transaction()
+        })?;
         let mut counts = BatchCounts {
             records: batch.len(),
             ..BatchCounts::default()
@@ -823,14 +886,13 @@ impl Fanout {
             KafkaError::MessageConsumption(RDKafkaErrorCode::Fail),
         ))?;
         let commit_started = Instant::now();
-        self.call(TxnCall::SendOffsets, stop, |timeout| {
-            self.producer
-                .send_offsets_to_transaction(&offsets, &group, timeout)
+        self.call(TxnCall::SendOffsets, stop, move |producer, timeout| {
+            producer.send_offsets_to_transaction(&offsets, &group, timeout)
         })?;
         let offsets_sent = commit_started.elapsed();
         self.wait_until_delivered(stop);
-        self.call(TxnCall::Commit, stop, |timeout| {
-            self.producer.commit_transaction(timeout)
+        self.call(TxnCall::Commit, stop, |producer, timeout| {
+            producer.commit_transaction(timeout)
         })?;
         debug!(
             produce_ms = (commit_started - started).as_millis() as u64,
@@ -1162,8 +1224,8 @@ impl Fanout {
     /// Aborts the open transaction, repeating the abort while it is retriable.
     fn abort(&self, stop: &AtomicBool) -> Result<(), BatchFailure> {
         metrics::counter!(names::FANOUT_TRANSACTIONS_TOTAL, "result" => "abort").increment(1);
-        self.call(TxnCall::Abort, stop, |timeout| {
-            self.producer.abort_transaction(timeout)
+        self.call(TxnCall::Abort, stop, |producer, timeout| {
+            producer.abort_transaction(timeout)
         })
     }
 
@@ -1246,7 +1308,7 @@ fn refusal_reason(error: &KafkaError) -> &'static str {
 fn recoverable_with_new_clients(error: &Error) -> bool {
     match error {
         // A call that stayed retriable past `fanout.transaction_retry_max_ms`.
-        Error::TransactionStuck { .. } => true,
+        Error::TransactionStuck { .. } | Error::TransactionHung { .. } => true,
         Error::Kafka(error @ KafkaError::Transaction(_)) => {
             txn::new_producer_recovers(TxnErrorTraits::of(error))
         }
@@ -1261,8 +1323,8 @@ fn transactional_producer(
     config: &FanoutConfig,
     message_max_bytes: usize,
     batch_size: usize,
-) -> Result<ThreadedProducer<FanoutProducerContext>> {
-    let producer: ThreadedProducer<FanoutProducerContext> = kafka
+) -> Result<Arc<TxnProducer>> {
+    let producer: TxnProducer = kafka
         .client_config()
         .set("transactional.id", config.effective_transactional_id())
         .set("enable.idempotence", "true")
@@ -1284,10 +1346,46 @@ fn transactional_producer(
         .set("statistics.interval.ms", PRODUCER_STATISTICS_INTERVAL_MS)
         .create_with_context(FanoutProducerContext::default())
         .map_err(Error::Kafka)?;
-    producer
-        .init_transactions(kafka.request_timeout())
-        .map_err(Error::Kafka)?;
+    let producer = Arc::new(producer);
+    let timeout = kafka.request_timeout();
+    call_with_deadline(
+        &producer,
+        "init",
+        timeout + CALL_HANG_GRACE,
+        move |producer| producer.init_transactions(timeout),
+    )?
+    .map_err(Error::Kafka)?;
     Ok(producer)
+}
+
+/// Makes one transactional call on a thread of its own and waits for it until `deadline`.
+/// librdkafka 2.12 can leave such a call waiting without end whatever its timeout
+/// (librdkafka#5301; a thread dump of a broker-pause failure showed the fan-out's thread in
+/// `send_offsets_to_transaction` for minutes). A call that misses its deadline is abandoned,
+/// thread and producer with it ([`Error::TransactionHung`]); the caller replaces the producer,
+/// which fences the old one. The thread costs tens of microseconds next to a call that waits
+/// for a broker's reply.
+fn call_with_deadline<T: Send + 'static>(
+    producer: &Arc<TxnProducer>,
+    call: &'static str,
+    deadline: Duration,
+    attempt: impl FnOnce(&TxnProducer) -> KafkaResult<T> + Send + 'static,
+) -> Result<KafkaResult<T>> {
+    let (returned, outcome) = std::sync::mpsc::sync_channel(1);
+    let producer = Arc::clone(producer);
+    std::thread::Builder::new()
+        .name(format!("fanout-txn-{call}"))
+        .spawn(move || {
+            // The receiver is gone when the call was given up: nothing to tell then.
+            let _ = returned.send(attempt(&producer));
+        })
+        .map_err(|error| Error::Thread(format!("no thread for the {call} call: {error}")))?;
+    outcome
+        .recv_timeout(deadline)
+        .map_err(|_| Error::TransactionHung {
+            call,
+            deadline_ms: deadline.as_millis() as u64,
+        })
 }
 
 fn subscribe(

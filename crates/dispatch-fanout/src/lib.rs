@@ -38,6 +38,17 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A transactional call did not return at all within its deadline. librdkafka 2.12 can
+    /// wait for a coordinator's reply without end, whatever the call's timeout (librdkafka#5301:
+    /// a producer that dropped every broker after a stalled broker resumed); the call's thread
+    /// and its producer are abandoned and a new producer fences the old one.
+    #[error("{call} did not return within {deadline_ms} ms; abandoning the producer")]
+    TransactionHung {
+        /// The call: `init`, `begin`, `send_offsets`, `commit` or `abort`.
+        call: &'static str,
+        /// How long it was waited for.
+        deadline_ms: u64,
+    },
     /// The loop's thread panicked or could not be joined.
     #[error("the fan-out thread failed: {0}")]
     Thread(String),
