@@ -402,6 +402,39 @@ impl GroupWatch {
     }
 }
 
+/// For a reader outside any group (the subscription view, a topic fold): once its client has
+/// known no broker for `bound` ([`BrokerWatch`], librdkafka#5301), a fresh consumer from
+/// `fresh` — created and assigned where the old one stood — takes its place, and the old one is
+/// retired. Logged and counted as a rejoin of group `reader` with reason `no_broker`. A fresh
+/// consumer that cannot be made is logged; the old one stays until the next call.
+pub fn renew_blind_reader<C>(
+    consumer: &mut rdkafka::consumer::BaseConsumer<C>,
+    blind_for: Option<Duration>,
+    bound: Duration,
+    reader: &str,
+    fresh: impl FnOnce() -> Result<rdkafka::consumer::BaseConsumer<C>, KafkaError>,
+) where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    let Some(blind_for) = blind_for.filter(|blind_for| *blind_for >= bound) else {
+        return;
+    };
+    match fresh() {
+        Ok(fresh) => {
+            tracing::warn!(
+                reader,
+                blind_s = blind_for.as_secs(),
+                "a reader has known no broker of the cluster too long (librdkafka#5301): reading on with a fresh consumer from where it stood"
+            );
+            count_rejoin(reader, RejoinReason::NoBroker);
+            retire(std::sync::Arc::new(std::mem::replace(consumer, fresh)));
+        }
+        Err(error) => {
+            tracing::warn!(reader, %error, "a reader knows no broker, and a fresh consumer could not be made; trying again later");
+        }
+    }
+}
+
 /// Drops a replaced consumer on a thread of its own: closing a consumer that cannot reach its
 /// coordinator may block for a long time (librdkafka#3740), and must hold up neither the role's
 /// loop nor an async worker. A consumer shared with tasks still running (`Arc`) is dropped once
@@ -433,6 +466,7 @@ pub fn retire<T: Send + Sync + 'static>(consumer: std::sync::Arc<T>) {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::consumer::Consumer;
     use rdkafka::statistics::ConsumerGroup;
 
     use super::*;
@@ -472,6 +506,53 @@ mod tests {
                 ((*name).to_owned(), broker)
             })
             .collect()
+    }
+
+    /// A consumer context that tells consumers apart.
+    struct Tagged(u32);
+    impl rdkafka::ClientContext for Tagged {}
+    impl rdkafka::consumer::ConsumerContext for Tagged {}
+
+    fn tagged(tag: u32) -> rdkafka::consumer::BaseConsumer<Tagged> {
+        // Creating a consumer connects to nothing yet: no broker is needed.
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "unused")
+            .create_with_context(Tagged(tag))
+            .expect("consumer")
+    }
+
+    #[test]
+    fn a_reader_is_renewed_only_once_it_knew_no_broker_for_the_bound() {
+        let bound = Duration::from_secs(20);
+        let mut consumer = tagged(1);
+        renew_blind_reader(&mut consumer, None, bound, "reader:t", || {
+            panic!("not blind: no fresh consumer")
+        });
+        renew_blind_reader(
+            &mut consumer,
+            Some(Duration::from_secs(19)),
+            bound,
+            "reader:t",
+            || panic!("not blind long enough: no fresh consumer"),
+        );
+        assert_eq!(consumer.context().0, 1);
+        renew_blind_reader(&mut consumer, Some(bound), bound, "reader:t", || {
+            Ok(tagged(2))
+        });
+        assert_eq!(consumer.context().0, 2, "replaced");
+        renew_blind_reader(
+            &mut consumer,
+            Some(Duration::from_secs(60)),
+            bound,
+            "reader:t",
+            || Err(KafkaError::ClientCreation("refused".to_owned())),
+        );
+        assert_eq!(
+            consumer.context().0,
+            2,
+            "kept when no fresh one could be made"
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ use dispatch_core::subscriptions::{FoldOutcome, Rejection, SubscriptionTable};
 use dispatch_proto::dispatch::v1::Subscription;
 use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names::{VIEW_LAG_RECORDS, VIEW_REJECTED_TOTAL, VIEW_SUBSCRIPTIONS};
+use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -56,6 +57,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::group_health::{BrokerWatch, renew_blind_reader, stuck_after};
 use crate::topics::TopicNames;
 use crate::{Error, KafkaConfig, Result};
 
@@ -197,6 +199,8 @@ fn decode(
 /// so the lag gauge needs no requests of its own.
 struct ViewContext {
     shared: Arc<Shared>,
+    /// Whether the client still knows a broker (see [`renew_blind_reader`]).
+    brokers: BrokerWatch,
 }
 
 impl ClientContext for ViewContext {
@@ -215,6 +219,7 @@ impl ClientContext for ViewContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.brokers.observe(&statistics);
         let high_watermark = statistics
             .topics
             .get(&self.shared.topic)
@@ -282,6 +287,7 @@ impl SubscriptionView {
         let consumer: BaseConsumer<ViewContext> = client_config
             .create_with_context(ViewContext {
                 shared: Arc::clone(&shared),
+                brokers: BrokerWatch::default(),
             })
             .map_err(Error::Client)?;
 
@@ -332,6 +338,8 @@ impl SubscriptionView {
         });
         let reader = Reader {
             consumer,
+            client_config,
+            blind_bound: stuck_after(config.session_timeout()),
             shared: Arc::clone(&shared),
             target: high,
             started: Instant::now(),
@@ -480,15 +488,21 @@ impl Drop for StoppedOnDrop {
 /// The reader thread's state.
 struct Reader {
     consumer: BaseConsumer<ViewContext>,
+    /// What a replacement consumer is made from.
+    client_config: ClientConfig,
+    /// How long the consumer may know no broker before it is replaced.
+    blind_bound: Duration,
     shared: Arc<Shared>,
     target: i64,
     started: Instant,
 }
 
 impl Reader {
-    fn run(self, progress: &watch::Sender<Progress>) {
-        let topic = self.shared.topic.as_str();
+    fn run(mut self, progress: &watch::Sender<Progress>) {
+        let topic = self.shared.topic.clone();
+        let topic = topic.as_str();
         while !self.shared.stop.load(Ordering::Relaxed) {
+            self.renew_if_blind(progress);
             match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -512,6 +526,38 @@ impl Reader {
             }
         }
         info!(topic, "subscription view stopped");
+    }
+
+    /// Replaces a consumer that has known no broker too long with one assigned where the view
+    /// stands (see [`renew_blind_reader`]).
+    fn renew_if_blind(&mut self, progress: &watch::Sender<Progress>) {
+        let blind_for = self.consumer.context().brokers.blind_for();
+        if blind_for.is_none_or(|blind_for| blind_for < self.blind_bound) {
+            return;
+        }
+        let next_offset = progress.borrow().next_offset;
+        let (client_config, shared) = (&self.client_config, &self.shared);
+        renew_blind_reader(
+            &mut self.consumer,
+            blind_for,
+            self.blind_bound,
+            "reader:subscriptions",
+            || {
+                let consumer: BaseConsumer<ViewContext> =
+                    client_config.create_with_context(ViewContext {
+                        shared: Arc::clone(shared),
+                        brokers: BrokerWatch::default(),
+                    })?;
+                let mut assignment = TopicPartitionList::new();
+                assignment.add_partition_offset(
+                    &shared.topic,
+                    PARTITION,
+                    Offset::Offset(next_offset),
+                )?;
+                consumer.assign(&assignment)?;
+                Ok(consumer)
+            },
+        );
     }
 
     /// The consumer's position in the partition, if it has a concrete one.

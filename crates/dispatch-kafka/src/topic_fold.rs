@@ -40,6 +40,7 @@ use dispatch_proto::prost::Message as _;
 use dispatch_telemetry::names::{
     FOLD_ENTRIES, FOLD_ENTRIES_EVICTED_TOTAL, FOLD_RECORDS_INVALID_TOTAL,
 };
+use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -48,6 +49,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::group_health::{BrokerWatch, renew_blind_reader, stuck_after};
 use crate::{Error, KafkaConfig, Result};
 
 /// The longest a poll blocks: how late the reader notices a shutdown.
@@ -101,6 +103,20 @@ struct FoldContext {
     topic_prefix: String,
     /// The lag gauge's `group` label: a fold joins no group, so `reader:<topic without prefix>`.
     lag_group: String,
+    /// Whether the client still knows a broker (see [`renew_blind_reader`]).
+    brokers: BrokerWatch,
+}
+
+impl FoldContext {
+    /// The context of a consumer replacing this one.
+    fn renewed(&self) -> Self {
+        FoldContext {
+            topic: self.topic.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            lag_group: self.lag_group.clone(),
+            brokers: BrokerWatch::default(),
+        }
+    }
 }
 
 impl ClientContext for FoldContext {
@@ -117,6 +133,7 @@ impl ClientContext for FoldContext {
 
     /// How far the fold is behind its topic, on the same gauge as the roles' consumers.
     fn stats(&self, statistics: Statistics) {
+        self.brokers.observe(&statistics);
         crate::lag::record_consumer_lag(
             &self.lag_group,
             &self.topic_prefix,
@@ -181,6 +198,7 @@ impl<F: RecordFold> TopicFold<F> {
                 topic: topic.to_owned(),
                 topic_prefix: config.topic_prefix.clone(),
                 lag_group: format!("reader:{unprefixed}"),
+                brokers: BrokerWatch::default(),
             })
             .map_err(Error::Client)?;
 
@@ -232,6 +250,8 @@ impl<F: RecordFold> TopicFold<F> {
         });
         let reader = Reader {
             consumer,
+            client_config,
+            blind_bound: stuck_after(config.session_timeout()),
             shared: Arc::clone(&shared),
             targets: targets.clone(),
             started: Instant::now(),
@@ -478,15 +498,21 @@ impl Drop for StoppedOnDrop {
 /// The reader thread's state.
 struct Reader<F> {
     consumer: BaseConsumer<FoldContext>,
+    /// What a replacement consumer is made from.
+    client_config: ClientConfig,
+    /// How long the consumer may know no broker before it is replaced.
+    blind_bound: Duration,
     shared: Arc<Shared<F>>,
     targets: Vec<i64>,
     started: Instant,
 }
 
 impl<F: RecordFold> Reader<F> {
-    fn run(self, progress: &watch::Sender<Progress>) {
-        let topic = self.shared.topic.as_str();
+    fn run(mut self, progress: &watch::Sender<Progress>) {
+        let topic = self.shared.topic.clone();
+        let topic = topic.as_str();
         while !self.shared.stop.load(Ordering::Relaxed) {
+            self.renew_if_blind(progress);
             match self.consumer.poll(POLL_INTERVAL) {
                 None => {}
                 Some(Ok(message)) => {
@@ -518,6 +544,39 @@ impl<F: RecordFold> Reader<F> {
             }
         }
         info!(topic, "topic fold stopped");
+    }
+
+    /// Replaces a consumer that has known no broker too long with one assigned where the fold
+    /// stands (see [`renew_blind_reader`]).
+    fn renew_if_blind(&mut self, progress: &watch::Sender<Progress>) {
+        let blind_for = self.consumer.context().brokers.blind_for();
+        if blind_for.is_none_or(|blind_for| blind_for < self.blind_bound) {
+            return;
+        }
+        let context = self.consumer.context().renewed();
+        let reader = context.lag_group.clone();
+        let next_offsets = progress.borrow().next_offsets.clone();
+        let (client_config, topic) = (&self.client_config, &self.shared.topic);
+        renew_blind_reader(
+            &mut self.consumer,
+            blind_for,
+            self.blind_bound,
+            &reader,
+            || {
+                let consumer: BaseConsumer<FoldContext> =
+                    client_config.create_with_context(context)?;
+                let mut assignment = TopicPartitionList::new();
+                for (partition, next) in next_offsets.iter().enumerate() {
+                    assignment.add_partition_offset(
+                        topic,
+                        partition as i32,
+                        Offset::Offset(*next),
+                    )?;
+                }
+                consumer.assign(&assignment)?;
+                Ok(consumer)
+            },
+        );
     }
 
     /// The consumer's position in `partition`, if it has a concrete one.
