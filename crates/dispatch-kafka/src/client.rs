@@ -2,12 +2,14 @@
 //! them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 
+use crate::group_health::BrokerWatch;
 use crate::{Error, Result};
 
 /// The `[kafka]` configuration table.
@@ -157,6 +159,25 @@ impl KafkaConfig {
     /// A producer that never loses or duplicates what it was handed: idempotent, `acks=all`,
     /// bounded delivery time so a dead cluster surfaces as an error instead of a hang.
     pub fn reliable_producer(&self) -> Result<FutureProducer> {
+        self.reliable_config().create().map_err(Error::Client)
+    }
+
+    /// As [`Self::reliable_producer`], reporting statistics every second to a context that
+    /// follows whether it still knows a broker ([`WatchedContext`]): for a producer that is
+    /// replaced when librdkafka left it knowing none (librdkafka#5301).
+    pub fn watched_reliable_producer(&self) -> Result<WatchedProducer> {
+        let mut config = self.reliable_config();
+        config.set("statistics.interval.ms", WATCHED_STATISTICS_INTERVAL_MS);
+        let brokers = Arc::new(BrokerWatch::default());
+        let producer = config
+            .create_with_context(WatchedContext {
+                brokers: Arc::clone(&brokers),
+            })
+            .map_err(Error::Client)?;
+        Ok(WatchedProducer { producer, brokers })
+    }
+
+    fn reliable_config(&self) -> ClientConfig {
         let mut config = self.client_config();
         config
             .set("enable.idempotence", "true")
@@ -166,7 +187,39 @@ impl KafkaConfig {
                 "message.timeout.ms",
                 self.request_timeout_ms.max(5_000).to_string(),
             );
-        config.create().map_err(Error::Client)
+        config
+    }
+}
+
+impl std::fmt::Debug for WatchedProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchedProducer")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `statistics.interval.ms` of a [`WatchedContext`] client.
+const WATCHED_STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// A client context that follows, from the client's statistics, whether the client still knows
+/// a broker of the cluster ([`BrokerWatch`]).
+#[derive(Debug, Default)]
+pub struct WatchedContext {
+    brokers: Arc<BrokerWatch>,
+}
+
+/// A reliable producer and the watch of its brokers (a `FutureProducer` hides its context).
+pub struct WatchedProducer {
+    /// The producer itself.
+    pub producer: FutureProducer<WatchedContext>,
+    /// Since when the producer has known no broker, if it knows none.
+    pub brokers: Arc<BrokerWatch>,
+}
+
+impl rdkafka::ClientContext for WatchedContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.brokers.observe(&statistics);
     }
 }
 

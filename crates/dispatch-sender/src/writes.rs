@@ -16,18 +16,20 @@
 //! retried with exponential backoff.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::client::WatchedProducer;
+use dispatch_kafka::group_health::{retire, stuck_after};
 use dispatch_proto::dispatch::v1::next_action::Action;
 use dispatch_proto::dispatch::v1::{AttemptRecord, AttemptSummary, DeadLetter, DeliveryTask};
 use dispatch_proto::prost::Message;
 use dispatch_telemetry::{ReadinessFlag, names};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -57,6 +59,8 @@ const CAPPED_SUMMARY_ERROR_BYTES: usize = 200;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest pause between tries of a failing write.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the producer is checked for knowing no broker.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The readiness component the sender's writes report under.
 pub const READINESS_COMPONENT: &str = "sender_writes";
@@ -306,7 +310,11 @@ pub struct KafkaWrites {
 }
 
 struct WritesInner {
-    producer: FutureProducer,
+    /// Replaced when librdkafka left it knowing no broker (see [`KafkaWrites::new`]); each
+    /// write takes the current one.
+    producer: RwLock<Arc<WatchedProducer>>,
+    /// What a replacement producer is made from.
+    kafka: KafkaConfig,
     /// Asks a topic's `max.message.bytes` after a record was refused as too large.
     admin: Option<TopicAdmin>,
     /// The topic prefix, left out of metric labels.
@@ -344,35 +352,48 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl KafkaWrites {
     /// The idempotent `acks=all` producer of `kafka`, and an admin client to learn topic limits.
+    ///
+    /// Inside a tokio runtime, a task checks every second whether the producer still knows a
+    /// broker: librdkafka 2.12 can leave a producer knowing none after a stalled broker resumed
+    /// (librdkafka#5301), and then every write fails until the process restarts — the sender's
+    /// requests waiting on their attempt records hold their endpoints' slots meanwhile (a
+    /// broker-freeze test run: 840 of 940 webhooks undelivered). After the stuck bound the
+    /// producer is replaced, and what waited in the old one is purged so its writes are made
+    /// again through the new one.
     pub fn new(kafka: &KafkaConfig) -> dispatch_kafka::Result<Self> {
-        Ok(Self::with_producer(
-            kafka.reliable_producer()?,
-            Some(TopicAdmin::new(kafka)?),
-            kafka.topic_prefix.clone(),
-        ))
-    }
-
-    /// Writes through `producer`; without `admin`, a too-large record's budget is halved
-    /// instead of learned.
-    pub fn with_producer(
-        producer: FutureProducer,
-        admin: Option<TopicAdmin>,
-        topic_prefix: String,
-    ) -> Self {
-        KafkaWrites {
+        let writes = KafkaWrites {
             inner: Arc::new(WritesInner {
-                producer,
-                admin,
-                topic_prefix,
+                producer: RwLock::new(Arc::new(kafka.watched_reliable_producer()?)),
+                kafka: kafka.clone(),
+                admin: Some(TopicAdmin::new(kafka)?),
+                topic_prefix: kafka.topic_prefix.clone(),
                 budgets: Mutex::new(HashMap::new()),
                 failing: Mutex::new(FailingWrites::default()),
             }),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(watch_producer(
+                    Arc::downgrade(&writes.inner),
+                    stuck_after(kafka.session_timeout()),
+                ));
+            }
+            Err(_) => warn!(
+                "the sender's producer is made outside a tokio runtime: it is not watched for knowing no broker"
+            ),
         }
+        Ok(writes)
     }
 
-    /// The producer, for writes outside the sender's owed records.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.inner.producer
+    /// The producer writes go through now.
+    fn producer(&self) -> Arc<WatchedProducer> {
+        Arc::clone(
+            &self
+                .inner
+                .producer
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Reports through `flag` from now on: not ready while any write keeps failing, with a
@@ -462,7 +483,7 @@ impl KafkaWrites {
             if let Some(record_headers) = record_headers {
                 record = record.headers(record_headers);
             }
-            let error = match self.inner.producer.send(record, Timeout::Never).await {
+            let error = match self.producer().producer.send(record, Timeout::Never).await {
                 Ok(_) => {
                     if !cut_fields.is_empty() {
                         info!(topic, budget, cut = %cut_list, "record capped to fit its topic, then written");
@@ -591,6 +612,52 @@ impl FailingWrites {
     }
 }
 
+/// Replaces the writes' producer once it has known no broker for `bound`, until the writes are
+/// dropped (see [`KafkaWrites::new`]).
+async fn watch_producer(writes: Weak<WritesInner>, bound: Duration) {
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let Some(writes) = writes.upgrade() else {
+            return;
+        };
+        let current = Arc::clone(
+            &writes
+                .producer
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let Some(blind_for) = current
+            .brokers
+            .blind_for()
+            .filter(|blind_for| *blind_for >= bound)
+        else {
+            continue;
+        };
+        let fresh = match writes.kafka.watched_reliable_producer() {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                warn!(%error, "the sender's producer knows no broker, and a new one could not be made; trying again");
+                continue;
+            }
+        };
+        *writes
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        warn!(
+            blind_s = blind_for.as_secs(),
+            "the sender's producer has known no broker of the cluster too long (librdkafka#5301): replaced; its pending writes are made again through the new one"
+        );
+        metrics::counter!(names::SENDER_PRODUCER_REPLACED_TOTAL).increment(1);
+        // Pending writes fail at once (purged) instead of after message.timeout.ms, and their
+        // loops try again with the new producer.
+        current
+            .producer
+            .purge(PurgeConfig::default().queue().inflight());
+        retire(current);
+    }
+}
+
 /// One write that is failing; dropping it (success, or the task ended) clears it.
 struct FailingGuard {
     writes: KafkaWrites,
@@ -625,6 +692,36 @@ mod tests {
 
     fn production(code: RDKafkaErrorCode) -> KafkaError {
         KafkaError::MessageProduction(code)
+    }
+
+    /// A real librdkafka producer whose bootstrap address answers nothing never learns a
+    /// broker: its statistics say so every second, as after librdkafka#5301.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_that_knows_no_broker_is_replaced_after_the_bound() {
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9".to_owned(),
+            ..KafkaConfig::default()
+        };
+        let writes = KafkaWrites::new(&kafka).expect("writes");
+        let first = writes.producer();
+        // The writes' own watch waits the stuck bound (at least 20 s); this one 2 s.
+        tokio::spawn(watch_producer(
+            Arc::downgrade(&writes.inner),
+            Duration::from_secs(2),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Arc::ptr_eq(&first, &writes.producer()) {
+            assert!(
+                Instant::now() < deadline,
+                "the producer was not replaced; blind for {:?}",
+                first.brokers.blind_for()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            first.brokers.blind_for() >= Some(Duration::from_secs(2)),
+            "replaced only once blind for the bound"
+        );
     }
 
     #[test]

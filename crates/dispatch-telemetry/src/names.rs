@@ -66,6 +66,8 @@ pub const SENDER_RECORDS_INVALID_TOTAL: &str = "dispatch_sender_records_invalid_
 pub const SENDER_SKIPPED_TOTAL: &str = "dispatch_sender_skipped_total";
 /// Counter, labels `topic`, `reason` (topic without prefix): failed produces of the sender's records (attempts, retry tiers, DLQ, quarantine, subscription disable); each is retried, none dropped.
 pub const SENDER_PRODUCE_FAILURES_TOTAL: &str = "dispatch_sender_produce_failures_total";
+/// Counter: the sender's write producer replaced after it knew no broker of the cluster too long.
+pub const SENDER_PRODUCER_REPLACED_TOTAL: &str = "dispatch_sender_producer_replaced_total";
 
 // --- topic folds (the admin API's delivery history and dead letters) ------------------------------
 
@@ -308,6 +310,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "records",
         labels: &["topic", "reason"],
         help: "Failed produces of the sender's records (attempts, retry tiers, DLQ, quarantine, subscription disable); each is retried, none dropped.",
+    },
+    MetricSpec {
+        name: SENDER_PRODUCER_REPLACED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "producers",
+        labels: &[],
+        help: "The sender's write producer replaced after it knew no broker of the cluster for the stuck bound (librdkafka#5301), its pending writes made again through the new one.",
     },
     MetricSpec {
         name: FOLD_RECORDS_INVALID_TOTAL,
