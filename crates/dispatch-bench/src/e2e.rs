@@ -10,9 +10,13 @@
 //!   from each event's `occurred_at` (same clock).
 //! - `head-of-line`: the first rate again with 10 % of the endpoints hanging until the HTTP
 //!   timeout → the healthy endpoints' throughput and p99 beside the `latency` run.
+//! - `burst`: a batch of events published all at once to 30 endpoints → publish time, time to
+//!   the last delivery, publish-to-arrival latency, the sender's deferrals to the retry tier
+//!   (`crate::burst`); received by the fleet or, with `--nginx`, by nginx.
 //!
 //! Every scenario starts from fresh topics and processes, and ends with the ledger check (lost
-//! must be 0). The report goes to `bench/results/e2e-<time>.json`.
+//! must be 0; `burst` counts what never arrived itself, nginx keeping no ledger). The report
+//! goes to `bench/results/e2e-<time>.json`.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +25,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::baseline::{self, Limits};
+use crate::burst::{self, BurstResult, BurstSettings};
 use crate::fleet::Mode;
 use crate::harness::{Environment, Harness};
 use crate::ledger::{self, Verdict};
@@ -39,6 +44,8 @@ pub enum Which {
     Latency,
     /// Fixed rate with 10 % hanging endpoints.
     HeadOfLine,
+    /// A burst published all at once.
+    Burst,
 }
 
 /// Flags of `e2e`.
@@ -72,6 +79,16 @@ pub struct E2eArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
+    /// Events of `burst` (default 60,000, quick 6,000); each is owed 3 deliveries.
+    #[arg(long)]
+    burst_events: Option<usize>,
+    /// Longest wait of `burst` for its last delivery, in seconds from the first publish.
+    #[arg(long, default_value_t = 300)]
+    burst_wait_seconds: u64,
+    /// `burst` is received by nginx (on PATH; `make bench-deps` installs it) instead of the
+    /// bench's receivers. The other scenarios always use the bench's.
+    #[arg(long)]
+    nginx: bool,
 }
 
 /// Latency percentiles, in milliseconds; infinite (JSON `null`) when that share of the pairs
@@ -93,7 +110,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut micros: Vec<u64>) -> Self {
+    /// The percentiles of `micros` (`u64::MAX`: never arrived).
+    pub(crate) fn of(mut micros: Vec<u64>) -> Self {
         micros.sort_unstable();
         let at = |fraction: f64| {
             if micros.is_empty() {
@@ -240,6 +258,8 @@ pub struct Report {
     pub latency: Vec<RateResult>,
     /// `head-of-line`.
     pub head_of_line: Option<HeadOfLineResult>,
+    /// `burst`.
+    pub burst: Option<BurstResult>,
 }
 
 /// `git rev-parse --short HEAD`, `-dirty` when tracked files changed.
@@ -274,13 +294,13 @@ pub fn machine() -> String {
 }
 
 /// Usage of the `dispatchd` processes and of the local brokers `kafka.sh` started.
-fn usage_now(harness: &mut Harness) -> Vec<ProcessUsage> {
+pub(crate) fn usage_now(harness: &mut Harness) -> Vec<ProcessUsage> {
     let mut usage = harness.system.usage();
     usage.extend(crate::system::broker_usage());
     usage
 }
 
-fn window_usage(before: &[ProcessUsage], after: &[ProcessUsage]) -> Vec<ProcessUsage> {
+pub(crate) fn window_usage(before: &[ProcessUsage], after: &[ProcessUsage]) -> Vec<ProcessUsage> {
     after
         .iter()
         .map(|now| {
@@ -297,7 +317,7 @@ fn window_usage(before: &[ProcessUsage], after: &[ProcessUsage]) -> Vec<ProcessU
         .collect()
 }
 
-async fn start_roles(harness: &mut Harness, senders: usize) -> anyhow::Result<()> {
+pub(crate) async fn start_roles(harness: &mut Harness, senders: usize) -> anyhow::Result<()> {
     harness.system.start(Role::Fanout, 0).await?;
     for instance in 0..senders.max(1) {
         harness.system.start(Role::Sender, instance).await?;
@@ -448,7 +468,7 @@ async fn at_rate(
     })
 }
 
-fn ms(value: f64) -> String {
+pub(crate) fn ms(value: f64) -> String {
     if value.is_finite() {
         format!("{value:.1} ms")
     } else {
@@ -489,6 +509,7 @@ pub async fn run(bootstrap: &str, args: &E2eArgs) -> anyhow::Result<()> {
         Which::Throughput,
         Which::Latency,
         Which::HeadOfLine,
+        Which::Burst,
     ];
     let chosen: Vec<Which> = if args.scenarios.is_empty() {
         all.to_vec()
@@ -509,6 +530,7 @@ pub async fn run(bootstrap: &str, args: &E2eArgs) -> anyhow::Result<()> {
         throughput: None,
         latency: Vec::new(),
         head_of_line: None,
+        burst: None,
     };
     println!("e2e on {} at {}", report.machine, report.commit);
     if chosen.contains(&Which::Baseline) {
@@ -595,6 +617,21 @@ pub async fn run(bootstrap: &str, args: &E2eArgs) -> anyhow::Result<()> {
             result.p99_ratio
         );
         report.head_of_line = Some(result);
+    }
+    if chosen.contains(&Which::Burst) {
+        let settings = BurstSettings {
+            events: args
+                .burst_events
+                .unwrap_or(if args.quick { 6_000 } else { 60_000 }),
+            nginx: args.nginx,
+            wait: Duration::from_secs(args.burst_wait_seconds),
+            senders: args.senders,
+            delivery_partitions: args.delivery_partitions,
+            receivers: args.receivers,
+        };
+        let result = burst::run(&env, &settings).await?;
+        burst::print(&result);
+        report.burst = Some(result);
     }
     std::fs::create_dir_all(&args.out_dir)?;
     let path = args.out_dir.join(format!(

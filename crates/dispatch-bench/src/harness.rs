@@ -93,6 +93,19 @@ impl Harness {
         servers: usize,
         adjust: impl FnOnce(&mut SystemSettings),
     ) -> anyhow::Result<Self> {
+        Self::prepare_for(env, scenario, servers, None, adjust).await
+    }
+
+    /// [`Harness::prepare`] with the subscriptions pointing at `endpoint_urls` (one per
+    /// endpoint) instead of the fleet's: a receiver that is not the bench's (the fleet still
+    /// runs, and sees nothing).
+    pub async fn prepare_for(
+        env: &Environment,
+        scenario: &str,
+        servers: usize,
+        endpoint_urls: Option<&[String]>,
+        adjust: impl FnOnce(&mut SystemSettings),
+    ) -> anyhow::Result<Self> {
         let stamp = unix_millis();
         let prefix = format!("bench.{scenario}.{stamp}.");
         let mut settings = SystemSettings::new(&env.bootstrap, &prefix);
@@ -102,7 +115,17 @@ impl Harness {
         let dir = env.work_dir.join(format!("{scenario}-{stamp}"));
         let system = System::create(&env.dispatchd, &dir, settings)?;
         let fleet = Arc::new(Fleet::start(servers, 50).await?);
-        let subscriptions = workload::subscriptions(&fleet.urls());
+        let urls = match endpoint_urls {
+            Some(urls) => urls.to_vec(),
+            None => fleet.urls(),
+        };
+        anyhow::ensure!(
+            urls.len() == workload::ENDPOINTS,
+            "{} endpoint URLs for {} endpoints",
+            urls.len(),
+            workload::ENDPOINTS
+        );
+        let subscriptions = workload::subscriptions(&urls);
         for (endpoint, (_, secret)) in subscriptions.iter().enumerate() {
             fleet.set_secret(endpoint, secret.clone());
         }

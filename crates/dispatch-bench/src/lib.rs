@@ -5,12 +5,14 @@
 //! (`crates/dispatchd/tests/faults.rs`).
 
 pub mod baseline;
+pub mod burst;
 pub mod client;
 pub mod e2e;
 pub mod faults;
 pub mod fleet;
 pub mod harness;
 pub mod ledger;
+pub mod nginx;
 pub mod system;
 pub mod topics;
 pub mod workload;

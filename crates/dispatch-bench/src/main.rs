@@ -33,7 +33,7 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Sender: healthy endpoints' deliveries/s and latency, optionally with hanging endpoints.
     Sender(sender::SenderArgs),
-    /// The whole system as processes: baseline, throughput, latency, head-of-line.
+    /// The whole system as processes: baseline, throughput, latency, head-of-line, burst.
     E2e(dispatch_bench::e2e::E2eArgs),
     /// The fault suite: each scenario ends with a ledger check (lost must be 0).
     Faults(dispatch_bench::faults::FaultArgs),

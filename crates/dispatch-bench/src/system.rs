@@ -482,6 +482,14 @@ impl System {
         }
     }
 
+    /// `/metrics` ports of the running processes of `role`.
+    pub fn metrics_ports(&mut self, role: Role) -> Vec<u16> {
+        self.processes
+            .iter_mut()
+            .filter_map(|p| (p.role == role && p.is_running()).then_some(p.metrics_port))
+            .collect()
+    }
+
     /// Usage of every process started so far (killed ones: their last reading).
     pub fn usage(&mut self) -> Vec<ProcessUsage> {
         self.processes.iter_mut().map(RoleProcess::usage).collect()

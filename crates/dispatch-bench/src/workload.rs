@@ -19,6 +19,7 @@ use dispatch_proto::prost::Message as _;
 use dispatch_proto::wkt::Timestamp;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::Mutex;
@@ -65,6 +66,38 @@ pub fn endpoints_of(seq: u64) -> [usize; FAN_OUT] {
     } else {
         [base + 1, base + 2, base + 3]
     }
+}
+
+/// Accounts a burst's events belong to (see [`burst_seqs`]): ten, whose first three
+/// subscriptions all match `image.generation.started`, so a burst reaches 30 endpoints and
+/// fans out to three of them per event.
+pub const BURST_ACCOUNTS: usize = 10;
+
+/// Sequence numbers of a burst of `count` events, none below `from`. Only even numbers (so
+/// every event is `image.generation.started`) of the first [`BURST_ACCOUNTS`] even accounts, in
+/// turn: the sequence number alone still says where an event is owed ([`endpoints_of`]), so
+/// the ledger and the receivers need nothing else.
+pub fn burst_seqs(from: u64, count: usize) -> Vec<u64> {
+    let block = ACCOUNTS as u64;
+    let first = from.div_ceil(block) * block;
+    (0..count as u64)
+        .map(|i| {
+            let round = i / BURST_ACCOUNTS as u64;
+            let account = 2 * (i % BURST_ACCOUNTS as u64);
+            first + round * block + account
+        })
+        .collect()
+}
+
+/// The endpoints a burst reaches, ascending.
+pub fn burst_endpoints() -> Vec<usize> {
+    let mut endpoints: Vec<usize> = burst_seqs(0, BURST_ACCOUNTS)
+        .into_iter()
+        .flat_map(endpoints_of)
+        .collect();
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    endpoints
 }
 
 /// The 200 subscriptions, endpoint `n` at `urls[n]`, with fresh secrets.
@@ -120,6 +153,12 @@ pub async fn write_subscriptions(
         writer.put(subscription).await?;
     }
     Ok(())
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn now_millis_timestamp() -> Timestamp {
@@ -194,6 +233,24 @@ pub struct Published {
     pub failed: u64,
     /// Garbage records acknowledged (owed to `dispatch.invalid`).
     pub garbage: u64,
+}
+
+/// What [`Publisher::publish_burst`] did.
+#[derive(Debug, Clone, Default)]
+pub struct BurstPublished {
+    /// Each event's sequence number and its `occurred_at` (the moment it was handed to the
+    /// producer), in Unix microseconds at millisecond precision, in publishing order.
+    pub events: Vec<(u64, u64)>,
+    /// Sequence numbers of the events the broker acknowledged.
+    pub acked: Vec<u64>,
+    /// Events the broker refused for good.
+    pub failed: u64,
+    /// Unix microseconds just before the first event was handed to the producer.
+    pub started_unix_us: u64,
+    /// From the first event handed to the producer until the last one was.
+    pub enqueued: Duration,
+    /// From the first event handed to the producer until the broker acknowledged the last.
+    pub acknowledged: Duration,
 }
 
 /// Publishes the run's events to the image domain topic.
@@ -320,6 +377,71 @@ impl Publisher {
         }
     }
 
+    /// Publishes a burst of `count` events ([`burst_seqs`]) as fast as the producer takes
+    /// them, the way a pipeline that finished a batch does: every event goes into the
+    /// producer's queue before any acknowledgement is awaited. Returns once the broker answered
+    /// for each.
+    pub async fn publish_burst(&self, count: usize) -> BurstPublished {
+        let seqs = burst_seqs(self.sent(), count);
+        if let Some(&last) = seqs.last() {
+            // Later publishing continues after the burst, never reusing one of its numbers.
+            self.next_seq.fetch_max(last + 1, Ordering::Relaxed);
+        }
+        let mut burst = BurstPublished {
+            events: Vec::with_capacity(seqs.len()),
+            started_unix_us: unix_micros(),
+            ..BurstPublished::default()
+        };
+        let started = Instant::now();
+        let mut deliveries = Vec::with_capacity(seqs.len());
+        for &seq in &seqs {
+            let event = event(&self.run, seq, &self.prompt);
+            let occurred_us = event
+                .occurred_at
+                .as_ref()
+                .map_or(0, |t| t.seconds as u64 * 1_000_000 + t.nanos as u64 / 1_000);
+            let value = event.encode_to_vec();
+            let mut record = FutureRecord::to(&self.topic)
+                .key(&event.account_id)
+                .payload(&value);
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break Some(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The producer's queue is full: let its thread hand some to the broker.
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => break None,
+                }
+            };
+            burst.events.push((seq, occurred_us));
+            deliveries.push((seq, delivery));
+            if deliveries.len().is_multiple_of(1_000) {
+                // The loop never waits otherwise; the bench's receivers share these threads.
+                tokio::task::yield_now().await;
+            }
+        }
+        burst.enqueued = started.elapsed();
+        for (seq, delivery) in deliveries {
+            let acked = match delivery {
+                Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                None => false,
+            };
+            if acked {
+                burst.acked.push(seq);
+            } else {
+                burst.failed += 1;
+            }
+        }
+        burst.acknowledged = started.elapsed();
+        // The harness's ledger and waits go by what was published, the burst included.
+        let mut published = self.published.lock().await;
+        published.acked.extend_from_slice(&burst.acked);
+        published.failed += burst.failed;
+        burst
+    }
+
     async fn record(&self, (seq, garbage, acked): (u64, bool, bool)) {
         let mut published = self.published.lock().await;
         match (garbage, acked) {
@@ -333,5 +455,55 @@ impl Publisher {
     /// What was published so far.
     pub async fn published(&self) -> Published {
         self.published.lock().await.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_reaches_thirty_endpoints_three_per_event_evenly() {
+        let seqs = burst_seqs(7, 6_000);
+        assert_eq!(seqs.len(), 6_000);
+        assert!(seqs[0] >= 7, "{}", seqs[0]);
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "ascending, no repeats"
+        );
+        let mut per_endpoint = [0usize; ENDPOINTS];
+        for &seq in &seqs {
+            assert!(
+                seq.is_multiple_of(2),
+                "{seq} is not image.generation.started"
+            );
+            for endpoint in endpoints_of(seq) {
+                per_endpoint[endpoint] += 1;
+            }
+        }
+        let reached: Vec<usize> = (0..ENDPOINTS).filter(|&e| per_endpoint[e] > 0).collect();
+        assert_eq!(reached, burst_endpoints());
+        assert_eq!(reached.len(), 30);
+        assert!(
+            reached
+                .iter()
+                .all(|&e| per_endpoint[e] == 6_000 * FAN_OUT / 30)
+        );
+    }
+
+    #[test]
+    fn every_burst_endpoint_subscribes_to_the_burst_type() {
+        let urls: Vec<String> = (0..ENDPOINTS).map(|e| format!("http://x/e/{e}")).collect();
+        let subscriptions = subscriptions(&urls);
+        for endpoint in burst_endpoints() {
+            let patterns = &subscriptions[endpoint].0.event_types;
+            assert!(
+                patterns
+                    .iter()
+                    .any(|p| ["image.generation.started", "image.*.*", "image.**"]
+                        .contains(&p.as_str())),
+                "{endpoint}: {patterns:?}"
+            );
+        }
     }
 }
