@@ -1307,6 +1307,105 @@ async fn an_open_circuit_spends_the_schedule_and_every_delivery_dead_letters() {
     harness.stop().await;
 }
 
+/// Issue 13, item 6: a burst to an endpoint that keeps up waits in memory past its backlog,
+/// paced by back-pressure; before, everything past `max_backlog` was parked on the first tier
+/// (here 20 s) with reason `backlog`, and a pipeline's burst took minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_an_endpoint_that_keeps_up_is_paced_not_deferred() {
+    let harness = Harness::start_configured(
+        "sender-burst",
+        &[20],
+        |_| {},
+        |sender| {
+            sender.endpoint.max_backlog = 5;
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script(
+        "/steady",
+        Script::Respond {
+            status: 200,
+            headers: Vec::new(),
+            delay: Duration::from_millis(5),
+        },
+    );
+    harness
+        .subscribe_with("sub_burst", &receiver.url("/steady"), |s| {
+            s.max_in_flight = 1
+        })
+        .await;
+    let deliveries = 200;
+    for index in 0..deliveries {
+        harness
+            .deliver("sub_burst", &format!("evt_burst_{index}"))
+            .await;
+    }
+    // One request at a time of ~5 ms: 200 take a few seconds, well inside the 20 s tier.
+    let received = receiver
+        .wait_for("/steady", deliveries, Duration::from_secs(15))
+        .await;
+    assert_eq!(received.len(), deliveries, "every delivery arrives");
+    assert_eq!(
+        dispatch_e2e::record_count(&harness.config, &harness.names.retry_tier("20s")),
+        0,
+        "nothing was parked on the tier"
+    );
+    harness.stop().await;
+}
+
+/// Issue 13, item 6: what is still deferred — a hanging endpoint's deliveries past its backlog,
+/// once a second busy without an answer measured its pace (so it cannot fill its partition's
+/// uncommitted window and hold up the others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoints_deliveries_past_its_backlog_are_deferred() {
+    let harness = Harness::start_configured(
+        "sender-slow",
+        &[20],
+        |http| {
+            http.timeout_ms = 20_000;
+        },
+        |sender| {
+            sender.endpoint.max_backlog = 5;
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script("/hang", Script::Hang);
+    harness
+        .subscribe_with("sub_hang", &receiver.url("/hang"), |s| s.max_in_flight = 1)
+        .await;
+    harness.deliver("sub_hang", "evt_hang_first").await;
+    receiver.wait_for("/hang", 1, WAIT).await;
+    // A second busy without a completion: its pace is measured as 0.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for index in 0..10 {
+        // Made now (the harness's tasks say 1970, which a deferral dead-letters as too old).
+        harness
+            .deliver_to(
+                &harness.names.deliveries(),
+                "sub_hang",
+                &format!("evt_hang_{index}"),
+                |task| task.created_at = Some(timestamp::from_system_time(SystemTime::now())),
+            )
+            .await;
+    }
+    // Five fill the backlog behind the one in flight; the other five are parked.
+    let tier = harness.names.retry_tier("20s");
+    let deadline = std::time::Instant::now() + WAIT;
+    while dispatch_e2e::record_count(&harness.config, &tier) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries past a hanging endpoint's backlog were not deferred"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(dispatch_e2e::record_count(&harness.config, &tier), 5);
+    assert_eq!(receiver.received("/hang").len(), 1, "max_in_flight 1");
+    harness.stop().await;
+}
+
 /// Issue 12, item 5: with no delay tier to defer to, a full backlog keeps the task in memory;
 /// before the fix it was dropped and its offset never finished (so nothing after it was ever
 /// committed either).

@@ -4,7 +4,7 @@
 //! attempt is [`crate::retry::RetrySchedule::decide`], and a deferral's own fate is
 //! [`plan_deferral`].
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
@@ -27,8 +27,12 @@ pub enum SubscriptionState<'a> {
 pub enum Backlog {
     /// The queue takes another task.
     Room,
-    /// The queue holds its limit (`sender.endpoint.max_backlog`).
-    Full,
+    /// The queue holds its limit (`sender.endpoint.max_backlog`). `drains_in_time`: at the rate
+    /// the endpoint answers, what waits goes within `sender.endpoint.max_queue_wait_ms` (see
+    /// [`drains_in_time`]) — a healthy endpoint under a burst, which back-pressure paces.
+    /// Otherwise a slow or hanging endpoint, whose deliveries would hold its partition's
+    /// uncommitted window (and so every other endpoint of that partition) for a long time.
+    Full { drains_in_time: bool },
 }
 
 /// What is known when a task falls due.
@@ -55,8 +59,10 @@ pub enum Admission {
     NotSent,
     /// Queued on its endpoint.
     Queue,
-    /// Queued on its endpoint past the backlog limit: there is no tier to park it on, and
-    /// dropping it would lose it (the partition's uncommitted window bounds the memory).
+    /// Queued on its endpoint past the backlog limit: the endpoint drains in time (a burst is
+    /// paced by back-pressure — the partition's uncommitted window pauses the fetch — never
+    /// parked on a retry tier), or there is no tier to park it on and dropping it would lose it.
+    /// The partition's uncommitted window bounds the memory either way.
     QueuePastBacklog,
     /// Parked on the first retry tier without spending an attempt (`reason`, a metric label).
     Defer { reason: &'static str },
@@ -64,12 +70,26 @@ pub enum Admission {
 
 /// The `reason` of a skipped task whose subscription was deleted.
 pub const SKIP_DELETED: &str = "deleted";
-/// The `reason` of a task deferred because its endpoint's queue was full.
-pub const DEFER_BACKLOG: &str = "backlog";
+/// The `reason` of a task deferred because its endpoint's queue was full and drains too slowly.
+pub const DEFER_SLOW: &str = "slow_endpoint";
+
+/// Whether `waiting` deliveries leave within `max_wait` at `drain_rate` (deliveries per second
+/// the endpoint completed lately). An endpoint whose rate is not measured yet is given the
+/// benefit of the doubt: it is measured within a second of being busy. One that completed
+/// nothing while busy (hanging) does not drain.
+#[must_use]
+pub fn drains_in_time(waiting: usize, drain_rate: Option<f64>, max_wait: Duration) -> bool {
+    match drain_rate {
+        None => true,
+        Some(rate) if rate <= 0.0 || !rate.is_finite() => false,
+        Some(rate) => waiting as f64 / rate <= max_wait.as_secs_f64(),
+    }
+}
 
 /// Decides what becomes of a task that fell due (see [`Admission`]). In this order: a deleted
 /// subscription is skipped, a disabled one dead-lettered, an open circuit spends the attempt,
-/// then the task is queued if its endpoint has room, deferred if not.
+/// then the task is queued if its endpoint has room or drains in time (paced, not parked),
+/// deferred if its endpoint is slow.
 #[must_use]
 pub fn admit(facts: &AdmissionFacts<'_>) -> Admission {
     match facts.subscription {
@@ -90,10 +110,13 @@ pub fn admit(facts: &AdmissionFacts<'_>) -> Admission {
     }
     match (facts.backlog, facts.can_defer) {
         (Backlog::Room, _) => Admission::Queue,
-        (Backlog::Full, true) => Admission::Defer {
-            reason: DEFER_BACKLOG,
-        },
-        (Backlog::Full, false) => Admission::QueuePastBacklog,
+        (
+            Backlog::Full {
+                drains_in_time: false,
+            },
+            true,
+        ) => Admission::Defer { reason: DEFER_SLOW },
+        (Backlog::Full { .. }, _) => Admission::QueuePastBacklog,
     }
 }
 
@@ -154,7 +177,7 @@ mod tests {
     #[test]
     fn a_deleted_subscription_is_skipped_whatever_its_endpoint() {
         for circuit_open in [false, true] {
-            for backlog in [Backlog::Room, Backlog::Full] {
+            for backlog in BACKLOGS {
                 let admission = admit(&AdmissionFacts {
                     circuit_open,
                     backlog,
@@ -183,7 +206,7 @@ mod tests {
 
     #[test]
     fn an_open_circuit_spends_the_attempt_even_with_room_or_a_tier() {
-        for backlog in [Backlog::Room, Backlog::Full] {
+        for backlog in BACKLOGS {
             for can_defer in [false, true] {
                 let admission = admit(&AdmissionFacts {
                     circuit_open: true,
@@ -196,21 +219,64 @@ mod tests {
         }
     }
 
+    const BACKLOGS: [Backlog; 3] = [
+        Backlog::Room,
+        Backlog::Full {
+            drains_in_time: true,
+        },
+        Backlog::Full {
+            drains_in_time: false,
+        },
+    ];
+
     #[test]
-    fn room_queues_a_full_backlog_defers_or_without_a_tier_keeps_it() {
+    fn room_queues_a_slow_endpoints_full_backlog_defers_or_without_a_tier_keeps_it() {
         assert_eq!(admit(&facts(SubscriptionState::Enabled)), Admission::Queue);
-        let full = AdmissionFacts {
-            backlog: Backlog::Full,
+        let slow = AdmissionFacts {
+            backlog: Backlog::Full {
+                drains_in_time: false,
+            },
             ..facts(SubscriptionState::Enabled)
         };
-        assert_eq!(admit(&full), Admission::Defer { reason: "backlog" });
+        assert_eq!(
+            admit(&slow),
+            Admission::Defer {
+                reason: "slow_endpoint"
+            }
+        );
         assert_eq!(
             admit(&AdmissionFacts {
                 can_defer: false,
-                ..full
+                ..slow
             }),
             Admission::QueuePastBacklog
         );
+    }
+
+    #[test]
+    fn a_burst_to_an_endpoint_that_keeps_up_is_paced_never_deferred() {
+        for can_defer in [false, true] {
+            let admission = admit(&AdmissionFacts {
+                backlog: Backlog::Full {
+                    drains_in_time: true,
+                },
+                can_defer,
+                ..facts(SubscriptionState::Enabled)
+            });
+            assert_eq!(admission, Admission::QueuePastBacklog);
+        }
+    }
+
+    #[test]
+    fn draining_in_time_compares_the_wait_at_the_measured_rate() {
+        let max_wait = Duration::from_secs(10);
+        assert!(drains_in_time(1_000, None, max_wait), "not measured yet");
+        assert!(drains_in_time(1_000, Some(100.0), max_wait), "exactly 10 s");
+        assert!(!drains_in_time(1_001, Some(100.0), max_wait));
+        assert!(drains_in_time(60_000, Some(8_000.0), max_wait), "a burst");
+        assert!(!drains_in_time(1_000, Some(4.0), max_wait), "2 s a request");
+        assert!(!drains_in_time(1, Some(0.0), max_wait), "hanging");
+        assert!(!drains_in_time(1, Some(f64::NAN), max_wait));
     }
 
     fn schedule(max_total_age: Duration) -> RetrySchedule {

@@ -57,9 +57,16 @@ pub struct EndpointConfig {
     /// Requests per second to an endpoint whose subscription sets `rate_limit_per_second = 0`;
     /// 0 = no limit. Bursts are a tenth of a second's worth, at least 1.
     pub default_rate_limit_per_second: u32,
-    /// Deliveries that may wait in memory for one endpoint (in-flight requests not counted);
-    /// more are deferred to the first delay tier without spending an attempt.
+    /// Deliveries that may wait in memory for one endpoint (in-flight requests not counted)
+    /// before its pace is looked at: more are deferred to the first delay tier without spending
+    /// an attempt if the endpoint is slow (see `max_queue_wait_ms`); for one that keeps up, a
+    /// burst is paced by back-pressure instead (the partition's uncommitted window).
     pub max_backlog: usize,
+    /// How long a full backlog may take to drain at the rate the endpoint completes requests
+    /// before its further deliveries are deferred, in milliseconds. Longer would let one slow
+    /// or hanging endpoint hold its partition's uncommitted window, and so the other endpoints
+    /// of that partition.
+    pub max_queue_wait_ms: u64,
     /// Consecutive failures that open an endpoint's circuit.
     pub failure_threshold: u32,
     /// How long an opened circuit stays open before one probe may go, in milliseconds.
@@ -81,6 +88,7 @@ impl Default for EndpointConfig {
             default_max_in_flight: 8,
             default_rate_limit_per_second: 0,
             max_backlog: 1000,
+            max_queue_wait_ms: 10_000,
             failure_threshold: 5,
             cool_down_ms: 30_000,
             max_cool_down_ms: 300_000,
@@ -115,6 +123,9 @@ impl EndpointConfig {
         if self.max_backlog == 0 {
             return Err("max_backlog: must be at least 1".to_owned());
         }
+        if self.max_queue_wait_ms == 0 {
+            return Err("max_queue_wait_ms: must be at least 1".to_owned());
+        }
         if self.failure_threshold == 0 {
             return Err("failure_threshold: must be at least 1".to_owned());
         }
@@ -128,6 +139,11 @@ impl EndpointConfig {
             ));
         }
         Ok(())
+    }
+
+    /// How long a full backlog may take to drain (see `max_queue_wait_ms`).
+    pub fn max_queue_wait(&self) -> Duration {
+        Duration::from_millis(self.max_queue_wait_ms)
     }
 
     /// The base cool-down.
@@ -230,6 +246,54 @@ pub struct EndpointQueue<T> {
     /// When the last attempt completed with a verdict: failures counted by a closed circuit are
     /// remembered this long after it (see [`Self::is_evictable`]).
     last_completed: Option<Instant>,
+    /// How fast the endpoint completes requests while busy.
+    drain: DrainMeter,
+}
+
+/// The window the drain rate is measured over.
+const DRAIN_WINDOW: Duration = Duration::from_secs(1);
+
+/// Completions per second while the endpoint had requests in flight, smoothed over windows of
+/// [`DRAIN_WINDOW`] (each new window weighs half). Windows in which nothing was in flight say
+/// nothing about the endpoint and are not counted.
+#[derive(Debug)]
+struct DrainMeter {
+    window_started: Option<Instant>,
+    completed: u32,
+    busy: bool,
+    rate: Option<f64>,
+}
+
+impl DrainMeter {
+    fn new() -> Self {
+        DrainMeter {
+            window_started: None,
+            completed: 0,
+            busy: false,
+            rate: None,
+        }
+    }
+
+    /// Closes the current window if it lasted [`DRAIN_WINDOW`]; `in_flight` says whether the
+    /// next one starts busy.
+    fn roll(&mut self, now: Instant, in_flight: bool) {
+        let started = *self.window_started.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(started);
+        if elapsed < DRAIN_WINDOW {
+            self.busy |= in_flight;
+            return;
+        }
+        if self.busy {
+            let measured = f64::from(self.completed) / elapsed.as_secs_f64();
+            self.rate = Some(match self.rate {
+                Some(previous) => (previous + measured) / 2.0,
+                None => measured,
+            });
+        }
+        self.window_started = Some(now);
+        self.completed = 0;
+        self.busy = in_flight;
+    }
 }
 
 impl<T> EndpointQueue<T> {
@@ -245,6 +309,7 @@ impl<T> EndpointQueue<T> {
                 .and_then(RateLimit::per_second),
             circuit: config.circuit_breaker(),
             last_completed: None,
+            drain: DrainMeter::new(),
         }
     }
 
@@ -316,6 +381,7 @@ impl<T> EndpointQueue<T> {
         }
         let item = self.items.pop_front()?;
         self.in_flight += 1;
+        self.drain.roll(now, true);
         Some(item)
     }
 
@@ -329,6 +395,8 @@ impl<T> EndpointQueue<T> {
     ) -> Result<Option<CircuitTransition>, NothingInFlight> {
         self.in_flight = self.in_flight.checked_sub(1).ok_or(NothingInFlight)?;
         self.last_completed = Some(now);
+        self.drain.completed += 1;
+        self.drain.roll(now, self.in_flight > 0);
         Ok(if success {
             self.circuit.on_success()
         } else {
@@ -349,6 +417,14 @@ impl<T> EndpointQueue<T> {
     /// Requests in flight are not affected.
     pub fn drain(&mut self) -> Drain<'_, T> {
         self.items.drain(..)
+    }
+
+    /// Deliveries per second the endpoint completed lately while it had requests in flight
+    /// (`None` until it has been busy for a second): what [`dispatch_core::admission::drains_in_time`]
+    /// weighs a full backlog against. A hanging endpoint measures 0.
+    pub fn drain_rate(&mut self, now: Instant) -> Option<f64> {
+        self.drain.roll(now, self.in_flight > 0);
+        self.drain.rate
     }
 
     /// Whether the circuit is open at `now`: new deliveries should be deferred.
@@ -465,6 +541,7 @@ mod tests {
         assert_eq!(config.default_max_in_flight, 8);
         assert_eq!(config.default_rate_limit_per_second, 0);
         assert_eq!(config.max_backlog, 1000);
+        assert_eq!(config.max_queue_wait(), Duration::from_secs(10));
         assert_eq!(config.failure_threshold, 5);
         assert_eq!(config.cool_down(), Duration::from_secs(30));
         assert_eq!(config.max_cool_down(), Duration::from_secs(300));
@@ -841,6 +918,45 @@ mod tests {
         );
         assert_eq!(queue.circuit().state(), CircuitState::Closed);
         assert_eq!(release_all(&mut queue, t2), vec![6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn the_drain_rate_is_measured_while_busy_and_a_hanging_endpoint_measures_zero() {
+        let start = Instant::now();
+        let mut queue = filled(queue(4, 0), 1000);
+        assert_eq!(queue.drain_rate(start), None, "never busy");
+        // Every 10 ms for a second, the 4 in flight complete and 4 more go: 396 completions.
+        for step in 0..100u32 {
+            let now = start + 10 * MS * step;
+            for _ in 0..queue.in_flight() {
+                queue.complete(true, now).expect("in flight");
+            }
+            assert_eq!(release_all(&mut queue, now).len(), 4);
+        }
+        let mut now = start + 1000 * MS;
+        let rate = queue.drain_rate(now).expect("measured");
+        assert!((390.0..=400.0).contains(&rate), "{rate}");
+        // Then it hangs: each second busy without a completion halves the rate.
+        for _ in 0..12 {
+            now += DRAIN_WINDOW;
+            queue.drain_rate(now);
+        }
+        let rate = queue.drain_rate(now).expect("measured");
+        assert!(rate < 0.5, "{rate}");
+    }
+
+    #[test]
+    fn an_idle_second_says_nothing_about_the_endpoint() {
+        let start = Instant::now();
+        let mut queue = filled(queue(1, 0), 1);
+        assert_eq!(queue.next_ready(start), Some(0));
+        queue.complete(true, start + 500 * MS).expect("in flight");
+        let rate = queue
+            .drain_rate(start + 1000 * MS)
+            .expect("busy half of it");
+        assert!((0.9..=1.1).contains(&rate), "{rate}");
+        // Idle for a minute: the rate it had stands.
+        assert_eq!(queue.drain_rate(start + 61_000 * MS), Some(rate));
     }
 
     #[test]

@@ -776,7 +776,9 @@ impl Engine {
     }
 
     /// Performs what [`admission::admit`] decides for a due task: skip (deleted), dead-letter
-    /// (disabled), not sent (circuit open), queue on its endpoint, or defer (backlog).
+    /// (disabled), not sent (circuit open), queue on its endpoint (past its backlog when it
+    /// keeps up: a burst is paced by the partition's window, not parked), or defer (a slow
+    /// endpoint's full backlog).
     fn accept(&mut self, pending: Pending) {
         let subscription = self
             .view
@@ -805,9 +807,16 @@ impl Engine {
                 Backlog::Room,
             ),
             Some(subscription) => {
+                let max_queue_wait = self.config.endpoint.max_queue_wait();
                 let endpoint = self.endpoint_of(subscription);
                 let backlog = if endpoint.queue.is_full() {
-                    Backlog::Full
+                    Backlog::Full {
+                        drains_in_time: admission::drains_in_time(
+                            endpoint.queue.len(),
+                            endpoint.queue.drain_rate(now),
+                            max_queue_wait,
+                        ),
+                    }
                 } else {
                     Backlog::Room
                 };
@@ -945,7 +954,7 @@ impl Engine {
         }
     }
 
-    /// Parks a task whose endpoint's backlog is full on the first tier without spending an
+    /// Parks a task whose slow endpoint's backlog is full on the first tier without spending an
     /// attempt.
     fn defer(&mut self, pending: Pending, reason: &'static str) {
         let Some(tier_topic) = self.first_tier_topic.clone() else {

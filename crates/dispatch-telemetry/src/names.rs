@@ -54,7 +54,7 @@ pub const SENDER_IN_FLIGHT_REQUESTS: &str = "dispatch_sender_in_flight_requests"
 pub const SENDER_RETRIES_TOTAL: &str = "dispatch_sender_retries_total";
 /// Counter: deliveries sent to the dead-letter queue.
 pub const SENDER_DEAD_LETTERED_TOTAL: &str = "dispatch_sender_dead_lettered_total";
-/// Counter, label `reason`: deliveries parked on the first tier without spending an attempt (the endpoint's backlog was full; an open circuit spends attempts instead).
+/// Counter, label `reason`: deliveries parked on the first tier without spending an attempt (`slow_endpoint`: its backlog was full and would not drain in time at its pace; an open circuit spends attempts instead).
 pub const SENDER_DEFERRED_TOTAL: &str = "dispatch_sender_deferred_total";
 /// Gauge: endpoints whose circuit is open in this process.
 pub const SENDER_OPEN_CIRCUITS: &str = "dispatch_sender_open_circuits";
@@ -274,7 +274,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: MetricKind::Counter,
         unit: "deliveries",
         labels: &["reason"],
-        help: "Deliveries parked on the first tier without spending an attempt because the endpoint's backlog was full (an open circuit spends attempts instead, outcome `circuit_open`).",
+        help: "Deliveries parked on the first tier without spending an attempt: reason slow_endpoint, its backlog was full and would not drain within sender.endpoint.max_queue_wait_ms at its pace (an open circuit spends attempts instead, outcome `circuit_open`).",
     },
     MetricSpec {
         name: SENDER_OPEN_CIRCUITS,
