@@ -27,9 +27,10 @@ pub enum SubscriptionState<'a> {
 pub enum Backlog {
     /// The queue takes another task.
     Room,
-    /// The queue holds its limit (`sender.endpoint.max_backlog`). `drains_in_time`: at the rate
-    /// the endpoint answers, what waits goes within `sender.endpoint.max_queue_wait_ms` (see
-    /// [`drains_in_time`]) — a healthy endpoint under a burst, which back-pressure paces.
+    /// The queue holds its limit (`sender.endpoint.max_backlog`). `drains_in_time`: at the pace
+    /// the endpoint itself answers, a backlog of that limit goes within
+    /// `sender.endpoint.max_queue_wait_ms` (see [`drains_in_time`]) — a healthy endpoint under
+    /// a burst, which back-pressure paces however long its queue grows.
     /// Otherwise a slow or hanging endpoint, whose deliveries would hold its partition's
     /// uncommitted window (and so every other endpoint of that partition) for a long time.
     Full { drains_in_time: bool },

@@ -62,8 +62,9 @@ pub struct EndpointConfig {
     /// an attempt if the endpoint is slow (see `max_queue_wait_ms`); for one that keeps up, a
     /// burst is paced by back-pressure instead (the partition's uncommitted window).
     pub max_backlog: usize,
-    /// How long a full backlog may take to drain at the rate the endpoint completes requests
-    /// before its further deliveries are deferred, in milliseconds. Longer would let one slow
+    /// How long a backlog of `max_backlog` may take to drain at the endpoint's own pace (what
+    /// its request slots complete per second) before its further deliveries are deferred, in
+    /// milliseconds. Longer would let one slow
     /// or hanging endpoint hold its partition's uncommitted window, and so the other endpoints
     /// of that partition.
     pub max_queue_wait_ms: u64,
@@ -253,46 +254,56 @@ pub struct EndpointQueue<T> {
 /// The window the drain rate is measured over.
 const DRAIN_WINDOW: Duration = Duration::from_secs(1);
 
-/// Completions per second while the endpoint had requests in flight, smoothed over windows of
-/// [`DRAIN_WINDOW`] (each new window weighs half). Windows in which nothing was in flight say
-/// nothing about the endpoint and are not counted.
+/// The endpoint's own pace: completions per second of one request slot (the inverse of its
+/// latency, by Little's law), measured over windows of [`DRAIN_WINDOW`] while requests were in
+/// flight and smoothed (each new window weighs half). Per slot, not per endpoint: an endpoint
+/// that waits for the sender's shared request permits (a burst to many endpoints) still
+/// answers fast and must not look slow; one that answers slowly, or not at all, does.
 #[derive(Debug)]
 struct DrainMeter {
     window_started: Option<Instant>,
+    /// When `in_flight` last changed (or was last looked at).
+    last_change: Option<Instant>,
     completed: u32,
-    busy: bool,
-    rate: Option<f64>,
+    /// Requests in flight integrated over the window's time.
+    slot_seconds: f64,
+    per_slot: Option<f64>,
 }
 
 impl DrainMeter {
     fn new() -> Self {
         DrainMeter {
             window_started: None,
+            last_change: None,
             completed: 0,
-            busy: false,
-            rate: None,
+            slot_seconds: 0.0,
+            per_slot: None,
         }
     }
 
-    /// Closes the current window if it lasted [`DRAIN_WINDOW`]; `in_flight` says whether the
-    /// next one starts busy.
-    fn roll(&mut self, now: Instant, in_flight: bool) {
+    /// Accounts the time since the last change at `in_flight` requests (the count that held
+    /// until `now`; call before changing it), and closes the window once it lasted
+    /// [`DRAIN_WINDOW`].
+    fn advance(&mut self, now: Instant, in_flight: u32) {
+        if let Some(last) = self.last_change {
+            self.slot_seconds +=
+                f64::from(in_flight) * now.saturating_duration_since(last).as_secs_f64();
+        }
+        self.last_change = Some(now);
         let started = *self.window_started.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(started);
-        if elapsed < DRAIN_WINDOW {
-            self.busy |= in_flight;
+        if now.saturating_duration_since(started) < DRAIN_WINDOW {
             return;
         }
-        if self.busy {
-            let measured = f64::from(self.completed) / elapsed.as_secs_f64();
-            self.rate = Some(match self.rate {
+        if self.slot_seconds > 0.0 {
+            let measured = f64::from(self.completed) / self.slot_seconds;
+            self.per_slot = Some(match self.per_slot {
                 Some(previous) => (previous + measured) / 2.0,
                 None => measured,
             });
         }
         self.window_started = Some(now);
         self.completed = 0;
-        self.busy = in_flight;
+        self.slot_seconds = 0.0;
     }
 }
 
@@ -380,8 +391,8 @@ impl<T> EndpointQueue<T> {
             let _spent = rate.try_acquire(now);
         }
         let item = self.items.pop_front()?;
+        self.drain.advance(now, self.in_flight);
         self.in_flight += 1;
-        self.drain.roll(now, true);
         Some(item)
     }
 
@@ -393,10 +404,13 @@ impl<T> EndpointQueue<T> {
         success: bool,
         now: Instant,
     ) -> Result<Option<CircuitTransition>, NothingInFlight> {
-        self.in_flight = self.in_flight.checked_sub(1).ok_or(NothingInFlight)?;
-        self.last_completed = Some(now);
+        if self.in_flight == 0 {
+            return Err(NothingInFlight);
+        }
+        self.drain.advance(now, self.in_flight);
+        self.in_flight -= 1;
         self.drain.completed += 1;
-        self.drain.roll(now, self.in_flight > 0);
+        self.last_completed = Some(now);
         Ok(if success {
             self.circuit.on_success()
         } else {
@@ -408,7 +422,11 @@ impl<T> EndpointQueue<T> {
     /// endpoint (abandoned at a revoke deadline, or never sent): frees its slot without
     /// counting for or against the circuit.
     pub fn abandon(&mut self) -> Result<(), NothingInFlight> {
-        self.in_flight = self.in_flight.checked_sub(1).ok_or(NothingInFlight)?;
+        if self.in_flight == 0 {
+            return Err(NothingInFlight);
+        }
+        self.drain.advance(Instant::now(), self.in_flight);
+        self.in_flight -= 1;
         self.circuit.on_abandoned();
         Ok(())
     }
@@ -419,12 +437,18 @@ impl<T> EndpointQueue<T> {
         self.items.drain(..)
     }
 
-    /// Deliveries per second the endpoint completed lately while it had requests in flight
-    /// (`None` until it has been busy for a second): what [`dispatch_core::admission::drains_in_time`]
-    /// weighs a full backlog against. A hanging endpoint measures 0.
+    /// Deliveries per second the endpoint can take at its own pace: what one request slot
+    /// completed per second lately, times `max_in_flight`, at most its rate limit (`None` until
+    /// it has been busy for a second). What [`dispatch_core::admission::drains_in_time`] weighs
+    /// a full backlog against. A hanging endpoint measures 0.
     pub fn drain_rate(&mut self, now: Instant) -> Option<f64> {
-        self.drain.roll(now, self.in_flight > 0);
-        self.drain.rate
+        self.drain.advance(now, self.in_flight);
+        let per_slot = self.drain.per_slot?;
+        let pace = per_slot * f64::from(self.max_in_flight);
+        Some(match &self.rate {
+            Some(rate) => pace.min(f64::from(rate.rate())),
+            None => pace,
+        })
     }
 
     /// Whether the circuit is open at `now`: new deliveries should be deferred.
@@ -946,15 +970,33 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_waiting_for_shared_permits_is_paced_by_its_own_answers() {
+        // Max 8 in flight, but the sender's permits let only one go at a time, and each is
+        // answered in 1 ms: the endpoint itself could take 8,000 a second.
+        let start = Instant::now();
+        let mut queue = filled(queue(8, 0), 1000);
+        let mut now = start;
+        for _ in 0..500 {
+            assert!(queue.next_ready(now).is_some());
+            now += MS;
+            queue.complete(true, now).expect("in flight");
+            now += MS;
+        }
+        let pace = queue.drain_rate(now).expect("measured");
+        assert!((7_900.0..=8_100.0).contains(&pace), "{pace}");
+    }
+
+    #[test]
     fn an_idle_second_says_nothing_about_the_endpoint() {
         let start = Instant::now();
         let mut queue = filled(queue(1, 0), 1);
         assert_eq!(queue.next_ready(start), Some(0));
         queue.complete(true, start + 500 * MS).expect("in flight");
+        // One answer after half a second at one request in flight: 2 a second.
         let rate = queue
             .drain_rate(start + 1000 * MS)
             .expect("busy half of it");
-        assert!((0.9..=1.1).contains(&rate), "{rate}");
+        assert!((1.9..=2.1).contains(&rate), "{rate}");
         // Idle for a minute: the rate it had stands.
         assert_eq!(queue.drain_rate(start + 61_000 * MS), Some(rate));
     }

@@ -811,8 +811,10 @@ impl Engine {
                 let endpoint = self.endpoint_of(subscription);
                 let backlog = if endpoint.queue.is_full() {
                     Backlog::Full {
+                        // Its backlog limit, not the queue: a burst makes any queue long,
+                        // and only the endpoint's own pace says whether it is slow.
                         drains_in_time: admission::drains_in_time(
-                            endpoint.queue.len(),
+                            endpoint.queue.max_backlog(),
                             endpoint.queue.drain_rate(now),
                             max_queue_wait,
                         ),
