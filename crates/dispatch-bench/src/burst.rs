@@ -1,8 +1,9 @@
 //! `burst` of `dispatch-bench e2e`: how a pipeline really uses the product — a batch finishes
 //! and its events are published all at once, with the roles running. The burst's events
 //! (`image.generation.started` of ten accounts) reach 30 endpoints, three per event, so each
-//! endpoint is owed a tenth of the events at once: far more than the sender keeps waiting in
-//! memory per endpoint (`max_backlog`), the rest going round the first retry tier. Figures:
+//! endpoint is owed a tenth of the events at once: far more than the sender's per-endpoint
+//! `max_backlog`, which a healthy endpoint's burst must queue past, paced by back-pressure, not
+//! go round the first retry tier (the deferrals are reported to show it does not). Figures:
 //! how long publishing took, the time from the first publish to the last delivery and the
 //! deliveries/s over it, publish-to-arrival latency, what never arrived within a bounded wait,
 //! the deliveries the sender deferred (from its `/metrics`, by reason) and each process's CPU.
