@@ -139,15 +139,12 @@ impl Fleet {
 
     /// URL of endpoint `endpoint`.
     pub fn url(&self, endpoint: usize) -> String {
-        format!(
-            "http://{}/e/{endpoint}",
-            self.addrs[endpoint % self.addrs.len()]
-        )
+        workload::endpoint_url(&self.addrs, endpoint)
     }
 
     /// Every endpoint's URL, in order.
     pub fn urls(&self) -> Vec<String> {
-        (0..workload::ENDPOINTS).map(|e| self.url(e)).collect()
+        workload::endpoint_urls(&self.addrs)
     }
 
     /// The secret signatures of `endpoint` are checked with.

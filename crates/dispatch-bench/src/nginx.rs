@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,7 +91,8 @@ fn parse_line(line: &str) -> Option<(u64, usize, u64, u16)> {
 pub struct Nginx {
     child: Option<Child>,
     dir: PathBuf,
-    ports: Vec<u16>,
+    /// 127.0.0.1 and each port it listens on.
+    listeners: Vec<SocketAddr>,
     access_log: PathBuf,
     /// Bytes of the access log read so far, and an incomplete last line.
     read_to: u64,
@@ -140,7 +142,10 @@ impl Nginx {
         let mut nginx = Nginx {
             child: Some(child),
             dir: dir.to_owned(),
-            ports,
+            listeners: ports
+                .iter()
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+                .collect(),
             access_log: dir.join("access.log"),
             read_to: 0,
             partial: Vec::new(),
@@ -148,7 +153,7 @@ impl Nginx {
             answered: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut waiting: Vec<u16> = nginx.ports.clone();
+        let mut waiting: Vec<u16> = ports;
         while !waiting.is_empty() {
             if let Some(child) = nginx.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -184,15 +189,12 @@ impl Nginx {
 
     /// URL of endpoint `endpoint` (the endpoints spread over the ports as over the fleet's).
     pub fn url(&self, endpoint: usize) -> String {
-        format!(
-            "http://127.0.0.1:{}/e/{endpoint}",
-            self.ports[endpoint % self.ports.len()]
-        )
+        workload::endpoint_url(&self.listeners, endpoint)
     }
 
     /// Every endpoint's URL, in order.
     pub fn urls(&self) -> Vec<String> {
-        (0..workload::ENDPOINTS).map(|e| self.url(e)).collect()
+        workload::endpoint_urls(&self.listeners)
     }
 
     /// Where its configuration and logs are.
@@ -326,7 +328,7 @@ mod tests {
         let mut nginx = Nginx {
             child: None,
             dir: dir.clone(),
-            ports: vec![1],
+            listeners: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
             access_log: log.clone(),
             read_to: 0,
             partial: Vec::new(),

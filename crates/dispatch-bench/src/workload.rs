@@ -458,6 +458,22 @@ impl Publisher {
     }
 }
 
+/// The URL of endpoint `endpoint` when the endpoints are spread over `listeners` (host:port) in
+/// turn — the one layout the bench's fleet and nginx share.
+pub fn endpoint_url(listeners: &[std::net::SocketAddr], endpoint: usize) -> String {
+    format!(
+        "http://{}/e/{endpoint}",
+        listeners[endpoint % listeners.len()]
+    )
+}
+
+/// Every endpoint's URL over `listeners`, in order (see [`endpoint_url`]).
+pub fn endpoint_urls(listeners: &[std::net::SocketAddr]) -> Vec<String> {
+    (0..ENDPOINTS)
+        .map(|endpoint| endpoint_url(listeners, endpoint))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -809,9 +809,10 @@ impl Fanout {
             let error = match made {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => error,
-                Err(hung) => {
-                    error!(error = %hung, "a transactional call never returned (librdkafka#5301); replacing the producer");
-                    return Err(BatchFailure::Exit(hung));
+                // Hung (librdkafka#5301): a new producer follows; no thread: the role exits.
+                Err(error) => {
+                    error!(%error, call = call.label(), "a transactional call did not complete");
+                    return Err(BatchFailure::Exit(error));
                 }
             };
             match txn::decide(call, TxnErrorTraits::of(&error)) {
@@ -1307,7 +1308,8 @@ fn refusal_reason(error: &KafkaError) -> &'static str {
 /// restart would do — rather than exit (see [`txn::new_producer_recovers`]).
 fn recoverable_with_new_clients(error: &Error) -> bool {
     match error {
-        // A call that stayed retriable past `fanout.transaction_retry_max_ms`.
+        // A call that stayed retriable past `fanout.transaction_retry_max_ms`, or never
+        // returned at all.
         Error::TransactionStuck { .. } | Error::TransactionHung { .. } => true,
         Error::Kafka(error @ KafkaError::Transaction(_)) => {
             txn::new_producer_recovers(TxnErrorTraits::of(error))
@@ -1363,8 +1365,8 @@ fn transactional_producer(
 /// (librdkafka#5301; a thread dump of a broker-pause failure showed the fan-out's thread in
 /// `send_offsets_to_transaction` for minutes). A call that misses its deadline is abandoned,
 /// thread and producer with it ([`Error::TransactionHung`]); the caller replaces the producer,
-/// which fences the old one. The thread costs tens of microseconds next to a call that waits
-/// for a broker's reply.
+/// which fences the old one. A thread per call is a few per batch, each call a broker round
+/// trip anyway.
 fn call_with_deadline<T: Send + 'static>(
     producer: &Arc<TxnProducer>,
     call: &'static str,

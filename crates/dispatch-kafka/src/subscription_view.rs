@@ -502,9 +502,10 @@ impl Reader {
         let topic = self.shared.topic.clone();
         let topic = topic.as_str();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            self.renew_if_blind(progress);
             match self.consumer.poll(POLL_INTERVAL) {
-                None => {}
+                // A consumer that knows no broker hands out nothing: looked at only then, not
+                // per record.
+                None => self.renew_if_blind(progress),
                 Some(Ok(message)) => {
                     let offset = message.offset();
                     self.shared
@@ -522,6 +523,7 @@ impl Reader {
                     // its own; the view reports it and keeps polling.
                     warn!(topic, %error, "subscription view: consumer error");
                     progress.send_modify(|progress| progress.last_error = Some(error.to_string()));
+                    self.renew_if_blind(progress);
                 }
             }
         }

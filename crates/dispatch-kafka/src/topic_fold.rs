@@ -512,9 +512,10 @@ impl<F: RecordFold> Reader<F> {
         let topic = self.shared.topic.clone();
         let topic = topic.as_str();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            self.renew_if_blind(progress);
             match self.consumer.poll(POLL_INTERVAL) {
-                None => {}
+                // A consumer that knows no broker hands out nothing: looked at only then, not
+                // per record.
+                None => self.renew_if_blind(progress),
                 Some(Ok(message)) => {
                     let (partition, offset) = (message.partition(), message.offset());
                     {
@@ -540,6 +541,7 @@ impl<F: RecordFold> Reader<F> {
                     // its own; the reader reports it and keeps polling.
                     warn!(topic, %error, "topic fold: consumer error");
                     progress.send_modify(|progress| progress.last_error = Some(error.to_string()));
+                    self.renew_if_blind(progress);
                 }
             }
         }
