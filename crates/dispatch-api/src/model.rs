@@ -267,21 +267,10 @@ impl Outcome {
         Outcome::CircuitOpen,
     ];
 
-    /// The outcome's name in the API.
+    /// The outcome's name in the API: the same name the sender's metrics use
+    /// ([`dispatch_core::outcome::label`]).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::HttpStatus => "http_status",
-            Outcome::Timeout => "timeout",
-            Outcome::ConnectError => "connect_error",
-            Outcome::TlsError => "tls_error",
-            Outcome::BlockedAddress => "blocked_address",
-            Outcome::Gone => "gone",
-            Outcome::InvalidUrl => "invalid_url",
-            Outcome::Skipped => "skipped",
-            Outcome::CircuitOpen => "circuit_open",
-            Outcome::Unspecified => "unspecified",
-        }
+        dispatch_core::outcome::label(self.to_record())
     }
 
     /// The outcome named `name` (one of [`Outcome::FILTERABLE`]).

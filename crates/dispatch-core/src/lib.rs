@@ -11,6 +11,8 @@
 //! - [`delivery`]: building delivery tasks: the fan-out's, a replay's, and the test event.
 //! - [`retry`]: the retry schedule: after a failed attempt, retry now, on a tier later, or give up.
 //! - [`admission`]: a task that fell due → skip, dead-letter, not sent (circuit open), queue or defer.
+//! - [`delivery_plan`]: after an attempt → its record, and delivered, again now, a retry tier or
+//!   the DLQ (and disable after `410`); a deferred task's tier record or dead letter.
 //! - [`outcome`]: an HTTP attempt's result → a classified outcome; `Retry-After` parsing.
 //! - [`ids`]: event, subscription and delivery identifiers.
 //! - [`event_input`]: an event written as JSON (by a person or a producer's test) → a valid `Event`.
@@ -23,6 +25,7 @@ pub mod admission;
 pub mod catalog;
 pub mod dead_letters;
 pub mod delivery;
+pub mod delivery_plan;
 pub mod event_input;
 pub mod history;
 pub mod ids;

@@ -147,6 +147,25 @@ impl fmt::Display for Classified {
     }
 }
 
+/// The bounded name of an outcome: the `outcome` label of the sender's metrics and the
+/// outcome's name in the admin API. The one place these names are spelled.
+#[must_use]
+pub fn label(outcome: AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Success => "success",
+        AttemptOutcome::HttpStatus => "http_status",
+        AttemptOutcome::Timeout => "timeout",
+        AttemptOutcome::ConnectError => "connect_error",
+        AttemptOutcome::TlsError => "tls_error",
+        AttemptOutcome::BlockedAddress => "blocked_address",
+        AttemptOutcome::Gone => "gone",
+        AttemptOutcome::InvalidUrl => "invalid_url",
+        AttemptOutcome::Skipped => "skipped",
+        AttemptOutcome::CircuitOpen => "circuit_open",
+        AttemptOutcome::Unspecified => "unspecified",
+    }
+}
+
 impl AttemptResult {
     /// Classifies this result; `now` is needed to turn an HTTP-date `Retry-After` into a delay.
     #[must_use]

@@ -1,26 +1,24 @@
-//! One delivery's attempts: sign and POST, classify the result (in `dispatch-core`, the one place
-//! that decides), record the attempt in `dispatch.attempts`, and move the task on — retried at
-//! once, parked on a delay tier, or dead-lettered. Returns only after every record it produced
-//! is acknowledged by Kafka, so the caller may then finish the source offset.
+//! One delivery's attempts: sign and POST, classify the result and plan what follows (both in
+//! `dispatch-core`, the one place that decides), write the plan through the outbox — the attempt
+//! record, then retried at once, parked on a delay tier, or dead-lettered — and disable the
+//! subscription after `410 Gone`. Returns only after every record it produced is acknowledged by
+//! Kafka, so the caller may then finish the source offset.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dispatch_core::outcome::AttemptResult;
-use dispatch_core::outcome::Classified;
-use dispatch_core::retry::{DeadReason, RetryDecision, RetrySchedule};
+use dispatch_core::delivery_plan::{self, AttemptFacts, Next};
+use dispatch_core::outcome::{self, AttemptResult};
+use dispatch_core::retry::RetrySchedule;
 use dispatch_core::timestamp;
 use dispatch_http::{AttemptResponse, WebhookClient, WebhookRequest, live_secrets};
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::TopicNames;
-use dispatch_proto::dispatch::v1::next_action::{Action, Dead, Done, Retry};
-use dispatch_proto::dispatch::v1::{
-    AttemptOutcome, AttemptRecord, AttemptSummary, DeadLetter, DeliveryTask, NextAction,
-    Subscription,
-};
+use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
 use dispatch_telemetry::names;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::outbox;
 use crate::writes::{KafkaWrites, classify};
 
 /// Everything an attempt needs, shared by all attempt tasks of a sender.
@@ -56,18 +54,21 @@ pub enum DeliveryEnd {
     Failed,
 }
 
-/// Attempts `task` until it succeeds or leaves this process (tier or DLQ). Produces the attempt
-/// records, the retry task or dead letter, and waits for Kafka to acknowledge all of them.
+/// Attempts `task` until it succeeds or leaves this process (tier or DLQ): each attempt is
+/// sent, classified and planned ([`delivery_plan::after_attempt`]), and the plan written
+/// ([`outbox::write_attempt`]) before the next step. Returns once Kafka acknowledged every record
+/// the delivery produced here.
 pub async fn deliver(
     ctx: &AttemptContext,
     mut task: DeliveryTask,
     subscription: &Subscription,
 ) -> DeliveryEnd {
+    let occurred_at = task
+        .occurred_at
+        .as_ref()
+        .and_then(timestamp::to_system_time);
     loop {
         let started = SystemTime::now();
-        if task.first_attempt_at.is_none() {
-            task.first_attempt_at = Some(timestamp::from_system_time(started));
-        }
         let secrets = live_secrets(subscription, started);
         metrics::gauge!(names::SENDER_IN_FLIGHT_REQUESTS).increment(1.0);
         let response = ctx
@@ -89,38 +90,28 @@ pub async fn deliver(
         let classified = response.result.classify(finished);
         metrics::histogram!(names::SENDER_ATTEMPT_DURATION_SECONDS)
             .record(response.duration.as_secs_f64());
-        metrics::counter!(names::SENDER_ATTEMPTS_TOTAL, "outcome" => outcome_label(classified.outcome)).increment(1);
-
-        let decision = decide(ctx, &task, &classified, finished);
-        let summary = AttemptSummary {
-            attempt: task.attempt,
-            started_at: Some(timestamp::from_system_time(started)),
-            duration_ms: response.duration.as_millis() as u64,
-            outcome: classified.outcome as i32,
-            status_code: u32::from(classified.status.unwrap_or(0)),
-            error: if classified.is_success() {
-                String::new()
-            } else {
-                classified.description().to_owned()
-            },
+        metrics::counter!(names::SENDER_ATTEMPTS_TOTAL, "outcome" => outcome::label(classified.outcome))
+            .increment(1);
+        debug!(
+            attempt = task.attempt,
+            outcome = outcome::label(classified.outcome),
+            status = classified.status.unwrap_or(0),
+            duration_ms = response.duration.as_millis() as u64,
+            "attempt made"
+        );
+        let facts = AttemptFacts {
+            started,
+            duration: response.duration,
+            classified: &classified,
+            response_excerpt: response.response_excerpt,
+            finished,
         };
-        let record = AttemptRecord {
-            started_at: summary.started_at,
-            duration_ms: summary.duration_ms,
-            outcome: summary.outcome,
-            status_code: summary.status_code,
-            response_excerpt: response.response_excerpt.clone(),
-            error: summary.error.clone(),
-            next_action: Some(next_action(&decision)),
-            ..record_for(&task)
-        };
-        match record_and_move_on(ctx, &mut task, record, summary, decision, finished).await {
-            Moved::AgainNow => {}
-            Moved::Left(Decision::Delivered) => {
-                if let Some(occurred) = task
-                    .occurred_at
-                    .as_ref()
-                    .and_then(timestamp::to_system_time)
+        // The rng is not Send: drawn before any await.
+        let plan = delivery_plan::after_attempt(&ctx.schedule, task, &facts, &mut rand::rng());
+        match outbox::write_attempt(ctx, plan).await {
+            Next::AgainNow(next) => task = next,
+            Next::Delivered => {
+                if let Some(occurred) = occurred_at
                     && let Ok(latency) = finished.duration_since(occurred)
                 {
                     metrics::histogram!(names::SENDER_EVENT_TO_DELIVERY_SECONDS)
@@ -128,209 +119,15 @@ pub async fn deliver(
                 }
                 return DeliveryEnd::Delivered;
             }
-            Moved::Left(Decision::Dead {
-                reason,
-                disable: true,
-            }) => {
+            Next::DeadLetter {
+                disable: Some(reason),
+                ..
+            } => {
                 disable_subscription(ctx, subscription, &reason).await;
                 return DeliveryEnd::Failed;
             }
-            Moved::Left(_) => return DeliveryEnd::Failed,
+            Next::Park { .. } | Next::DeadLetter { .. } => return DeliveryEnd::Failed,
         }
-    }
-}
-
-/// Where a delivery is after [`record_and_move_on`].
-pub(crate) enum Moved {
-    /// The next attempt is due at once; `task.attempt` is already advanced.
-    AgainNow,
-    /// The delivery left this process as decided (delivered, parked on a tier, dead-lettered);
-    /// everything it owed is acknowledged by Kafka.
-    Left(Decision),
-}
-
-/// Carries out one attempt's `decision`, sent or not: appends `summary` to the task's history,
-/// writes the attempt `record` and, as decided, the retry task on its tier or the dead letter —
-/// all through [`KafkaWrites`] (capped, retried until acknowledged). The one place an attempt's
-/// consequences are written, for attempts made ([`deliver`]) and not made
-/// ([`crate::not_sent`]).
-pub(crate) async fn record_and_move_on(
-    ctx: &AttemptContext,
-    task: &mut DeliveryTask,
-    record: AttemptRecord,
-    summary: AttemptSummary,
-    decision: Decision,
-    at: SystemTime,
-) -> Moved {
-    // The dead letter carries every attempt, not-sent ones included.
-    task.attempts.push(summary);
-    let attempts_topic = ctx.names.attempts();
-    let attempt_sent = ctx
-        .writes
-        .write_record(&attempts_topic, &task.subscription_id, record);
-    match &decision {
-        Decision::Delivered => attempt_sent.await,
-        Decision::RetryNow { next_attempt } => {
-            attempt_sent.await;
-            task.attempt = *next_attempt;
-            metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => "immediate").increment(1);
-            return Moved::AgainNow;
-        }
-        Decision::RetryLater {
-            next_attempt,
-            tier,
-            not_before,
-        } => {
-            let mut next = task.clone();
-            next.attempt = *next_attempt;
-            next.not_before = Some(timestamp::from_system_time(*not_before));
-            let tier_topic = ctx.names.retry_tier(tier);
-            let retry_sent = ctx
-                .writes
-                .write_record(&tier_topic, &task.subscription_id, next);
-            tokio::join!(attempt_sent, retry_sent);
-            metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier.clone()).increment(1);
-        }
-        Decision::Dead { reason, .. } => {
-            let dead_sent = dead_letter(ctx, task, reason.clone(), at);
-            tokio::join!(attempt_sent, dead_sent);
-            warn!(delivery_id = %task.delivery_id, subscription_id = %task.subscription_id, %reason, "delivery dead-lettered");
-        }
-    }
-    Moved::Left(decision)
-}
-
-/// An attempt record of `task` with its identifying fields filled in; the caller sets what the
-/// attempt came to.
-pub fn record_for(task: &DeliveryTask) -> AttemptRecord {
-    AttemptRecord {
-        delivery_id: task.delivery_id.clone(),
-        event_id: task.event_id.clone(),
-        subscription_id: task.subscription_id.clone(),
-        account_id: task.account_id.clone(),
-        event_type: task.event_type.clone(),
-        attempt: task.attempt,
-        replay_of: task.replay_of.clone(),
-        ..AttemptRecord::default()
-    }
-}
-
-/// Produces `task`'s dead letter (key = delivery id) until Kafka acknowledges it, and counts it.
-pub async fn dead_letter(
-    ctx: &AttemptContext,
-    task: &DeliveryTask,
-    reason: String,
-    at: SystemTime,
-) {
-    let letter = DeadLetter {
-        task: Some(task.clone()),
-        attempts: task.attempts.clone(),
-        reason,
-        dead_at: Some(timestamp::from_system_time(at)),
-    };
-    ctx.writes
-        .write_record(&ctx.names.dlq(), &task.delivery_id, letter)
-        .await;
-    metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
-}
-
-/// What happens after one attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Decision {
-    Delivered,
-    RetryNow {
-        next_attempt: u32,
-    },
-    RetryLater {
-        next_attempt: u32,
-        tier: String,
-        not_before: SystemTime,
-    },
-    Dead {
-        reason: String,
-        disable: bool,
-    },
-}
-
-pub(crate) fn decide(
-    ctx: &AttemptContext,
-    task: &DeliveryTask,
-    classified: &Classified,
-    now: SystemTime,
-) -> Decision {
-    let Some(failure) = &classified.failure else {
-        return Decision::Delivered;
-    };
-    let first = task
-        .first_attempt_at
-        .as_ref()
-        .and_then(timestamp::to_system_time)
-        .unwrap_or(now);
-    let dead = |reason: DeadReason, what: &Classified| Decision::Dead {
-        disable: reason.disables_subscription(),
-        reason: format!("{reason} (last attempt: {})", what.description()),
-    };
-    if let Some(reason) = ctx.schedule.expired(first, now) {
-        return dead(reason, classified);
-    }
-    match ctx
-        .schedule
-        .decide(task.attempt, failure, now, &mut rand::rng())
-    {
-        RetryDecision::RetryNow { next_attempt } => Decision::RetryNow { next_attempt },
-        RetryDecision::RetryLater {
-            next_attempt,
-            tier,
-            not_before,
-        } => Decision::RetryLater {
-            next_attempt,
-            tier: tier.name().to_owned(),
-            not_before,
-        },
-        RetryDecision::Dead { reason } => dead(reason, classified),
-    }
-}
-
-pub(crate) fn next_action(decision: &Decision) -> NextAction {
-    let action = match decision {
-        Decision::Delivered => Action::Done(Done {}),
-        Decision::RetryNow { next_attempt } => Action::Retry(Retry {
-            at: Some(timestamp::from_system_time(SystemTime::now())),
-            tier: String::new(),
-            next_attempt: *next_attempt,
-        }),
-        Decision::RetryLater {
-            next_attempt,
-            tier,
-            not_before,
-        } => Action::Retry(Retry {
-            at: Some(timestamp::from_system_time(*not_before)),
-            tier: tier.clone(),
-            next_attempt: *next_attempt,
-        }),
-        Decision::Dead { reason, .. } => Action::Dead(Dead {
-            reason: reason.clone(),
-        }),
-    };
-    NextAction {
-        action: Some(action),
-    }
-}
-
-/// A bounded label of an outcome.
-pub fn outcome_label(outcome: AttemptOutcome) -> &'static str {
-    match outcome {
-        AttemptOutcome::Success => "success",
-        AttemptOutcome::HttpStatus => "http_status",
-        AttemptOutcome::Timeout => "timeout",
-        AttemptOutcome::ConnectError => "connect_error",
-        AttemptOutcome::TlsError => "tls_error",
-        AttemptOutcome::BlockedAddress => "blocked_address",
-        AttemptOutcome::Gone => "gone",
-        AttemptOutcome::InvalidUrl => "invalid_url",
-        AttemptOutcome::Skipped => "skipped",
-        AttemptOutcome::CircuitOpen => "circuit_open",
-        AttemptOutcome::Unspecified => "unspecified",
     }
 }
 

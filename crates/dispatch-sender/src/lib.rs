@@ -4,25 +4,38 @@
 //! hold up the others of its partition.
 //!
 //! # Layout
-//! - [`engine`]: the consumer loop, per-endpoint scheduling, holds on retry tiers, revoke/drain.
-//! - [`attempt`]: one delivery's attempts and the records they lead to.
+//! Policy is decided in `dispatch-core` (`admission`: what a due task becomes; `delivery_plan`:
+//! what an attempt leads to); this crate gathers the facts and performs.
+//! - [`engine`]: the event loop alone: records, completions and timers in; admission; starts.
+//! - [`config`]: the `[sender]` configuration table.
+//! - [`partitions`] (crate-private): the consumer, offsets, rebalance, pause/resume, holds on
+//!   retry tiers, back-pressure.
+//! - [`scheduler`] (crate-private): per-endpoint queues, the permits, each account's share,
+//!   round-robin fairness.
+//! - [`outbox`] (crate-private): every Kafka write the sender makes, off the loop; a task's
+//!   source offset is finished once all it led to is acknowledged.
+//! - [`attempt`]: one delivery's attempts: sign, POST, classify, plan, write; disable after 410.
 //! - [`not_sent`]: attempts that fall due while the endpoint's circuit is open, recorded as not
 //!   sent and spent like failures so the retry schedule holds.
 //! - [`offsets`]: per-partition tracking of taken and finished offsets; what may be committed.
 //! - [`endpoint`]: per-subscription queue, in-flight limit, rate limit and circuit breaker.
 //! - [`circuit`]: the per-endpoint circuit breaker (closed, open for a cool-down, one probe).
 //! - [`rate`]: the per-endpoint rate limit (GCRA on the caller's clock).
-//! - [`writes`]: every Kafka write of the sender: produce errors classified, records capped to
-//!   fit their topic, failing writes retried with backoff, counted and shown in `/readyz`.
+//! - [`writes`]: the produce path: errors classified, records capped to fit their topic,
+//!   failing writes retried with backoff, counted and shown in `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
 pub mod circuit;
+pub mod config;
 pub mod endpoint;
 pub mod engine;
 pub mod not_sent;
 pub mod offsets;
+pub(crate) mod outbox;
+pub(crate) mod partitions;
 pub mod rate;
+pub(crate) mod scheduler;
 pub mod writes;
 
 /// What stops the sender.

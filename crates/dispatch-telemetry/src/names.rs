@@ -58,6 +58,8 @@ pub const SENDER_DEAD_LETTERED_TOTAL: &str = "dispatch_sender_dead_lettered_tota
 pub const SENDER_DEFERRED_TOTAL: &str = "dispatch_sender_deferred_total";
 /// Gauge: endpoints whose circuit is open in this process.
 pub const SENDER_OPEN_CIRCUITS: &str = "dispatch_sender_open_circuits";
+/// Counter, label `to`: circuit breaker transitions (`open`, `reopen` after a failed probe, `closed`).
+pub const SENDER_CIRCUIT_TRANSITIONS_TOTAL: &str = "dispatch_sender_circuit_transitions_total";
 /// Gauge: endpoint queues this process keeps (idle ones are dropped), set once a second.
 pub const SENDER_TRACKED_ENDPOINTS: &str = "dispatch_sender_tracked_endpoints";
 /// Counter, label `reason`: delivery records quarantined to dispatch.invalid (undecodable).
@@ -282,6 +284,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: "circuits",
         labels: &[],
         help: "Endpoints whose circuit is open in this process.",
+    },
+    MetricSpec {
+        name: SENDER_CIRCUIT_TRANSITIONS_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "transitions",
+        labels: &["to"],
+        help: "Circuit breaker transitions of endpoints: to open (consecutive failures reached the threshold), reopen (the probe failed; the cool-down doubled), closed (the probe succeeded).",
     },
     MetricSpec {
         name: SENDER_TRACKED_ENDPOINTS,

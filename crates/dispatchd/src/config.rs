@@ -27,7 +27,7 @@ pub struct DispatchConfig {
     /// The fan-out role.
     pub fanout: FanoutConfig,
     /// The sender role.
-    pub sender: dispatch_sender::engine::SenderConfig,
+    pub sender: dispatch_sender::config::SenderConfig,
     /// The webhook client of the sender.
     pub http: dispatch_http::HttpConfig,
     /// Telemetry server and start-up limits of every role.
