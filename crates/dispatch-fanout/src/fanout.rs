@@ -52,7 +52,9 @@ pub struct FanoutConfig {
     pub domain_topic_pattern: Option<String>,
     /// Most input records in one transaction.
     pub batch_max_records: usize,
-    /// Longest time a batch collects records before it is committed, in milliseconds.
+    /// Longest time a batch collects records before it is committed, in milliseconds. A batch
+    /// is committed earlier as soon as the consumer has no more records at hand, so light
+    /// traffic never waits for it: it bounds a batch under heavy traffic.
     pub batch_max_ms: u64,
     /// `transaction.timeout.ms` of the producer.
     pub transaction_timeout_ms: u64,
@@ -688,7 +690,8 @@ impl Fanout {
         Ok(Consumption::Stopped)
     }
 
-    /// Polls until the batch is full, `wait` passed since its first record, or `stop`.
+    /// Polls until the batch is full, `wait` passed since its first record, the consumer has
+    /// nothing more at hand once the batch has begun, or `stop`.
     /// A rebalance during collection drops the partial batch: its partitions may have a new
     /// owner, which reads them again from the committed offsets.
     fn collect_batch<'a>(
@@ -708,13 +711,13 @@ impl Fanout {
             .store(false, Ordering::SeqCst);
         while batch.len() < self.config.batch_max_records && !stop.load(Ordering::SeqCst) {
             let timeout = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                // A batch under way takes only what the consumer holds already (see below).
+                Some(deadline) if Instant::now() >= deadline => break,
+                Some(_) => Duration::ZERO,
                 None if Instant::now() >= idle_until => break,
                 None => Duration::from_millis(100),
             };
-            if deadline.is_some() && timeout.is_zero() {
-                break;
-            }
+            let mut at_hand_taken = false;
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
                     metrics::counter!(names::FANOUT_EVENTS_CONSUMED_TOTAL, "topic" => self.topic_label(message.topic())).increment(1);
@@ -728,7 +731,12 @@ impl Fanout {
                     return Err(Error::Kafka(error));
                 }
                 Some(Err(error)) => warn!(%error, "consumer error"),
-                None => {}
+                // Adaptive batching: a batch goes as soon as the consumer has nothing more at
+                // hand, instead of waiting out `batch_max_ms` that every event would pay. Light
+                // traffic is committed event by event; under heavy traffic records pile up
+                // while the previous transaction commits, so batches grow by themselves, up
+                // to `batch_max_records` or `batch_max_ms`.
+                None => at_hand_taken = !batch.is_empty(),
             }
             if self
                 .consumer
@@ -744,6 +752,10 @@ impl Fanout {
                 }
                 batch.clear();
                 deadline = None;
+            }
+            // Looked at only now: a poll that found nothing may have run a rebalance first.
+            if at_hand_taken && !batch.is_empty() {
+                break;
             }
         }
         Ok(batch)
