@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use dispatch_core::admission::{self, Admission, AdmissionFacts, Backlog, SubscriptionState};
 use dispatch_kafka::subscription_view::SubscriptionView;
+use futures::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,10 @@ use crate::scheduler::{Completion, EndpointFacts, Scheduler};
 
 #[cfg(feature = "test-seams")]
 pub use crate::partitions::InjectedFaults;
+
+/// Most records taken in one turn of the loop before its other work runs (a bound on how long
+/// completions and starts wait behind a full consumer queue).
+const MAX_RECORDS_PER_TURN: usize = 256;
 
 /// How often the loop looks at its consumer group handler's health (see
 /// [`Partitions::check_group`]).
@@ -128,30 +133,26 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(completion) = self.completions.recv() => self.on_completion(completion),
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        // The poll that returned this record may have revoked and re-assigned
-                        // its partition first: forget the old assignment before taking it.
-                        self.forget_revoked();
-                        let taken = self.partitions.take(&message);
-                        drop(message);
-                        match taken {
-                            Taken::Due(pending) => self.accept(pending),
-                            Taken::Invalid(invalid) => self.outbox.quarantine(invalid),
-                            Taken::Nothing => {}
-                        }
+                Some(completion) = self.completions.recv() => {
+                    self.on_completion(completion);
+                    while let Ok(completion) = self.completions.try_recv() {
+                        self.on_completion(completion);
                     }
-                    Err(error) => match self.partitions.after_consumer_error(error) {
-                        Ok(lost) => replaced = lost,
-                        Err(error) => {
-                            // A consumer that never fetches again: exit, so the supervisor
-                            // restarts the process.
-                            error!(%error, "fatal consumer error; exiting");
-                            return Err(error);
-                        }
-                    },
-                },
+                }
+                message = consumer.recv() => {
+                    replaced = self.on_message(message)?;
+                    // What else the consumer holds already is taken in the same turn, so the
+                    // turn's fixed work (releases, starts, resumes, the wake-up scan) is paid
+                    // once per batch of records, not once per record.
+                    let mut taken = 1;
+                    while replaced.is_none() && taken < MAX_RECORDS_PER_TURN {
+                        let Some(message) = consumer.recv().now_or_never() else {
+                            break;
+                        };
+                        replaced = self.on_message(message)?;
+                        taken += 1;
+                    }
+                }
                 () = sleep_until(wake) => self.scheduler.mark_waiting(),
                 _ = group_check.tick() => replaced = self.partitions.check_group()?,
             }
@@ -170,6 +171,39 @@ impl Engine {
         }
         self.drain().await;
         Ok(())
+    }
+
+    /// Takes one record from the consumer: a due task is admitted, an invalid record
+    /// quarantined. After a consumer error, `Some(revoked)` when the consumer was replaced (see
+    /// [`Partitions::after_consumer_error`]); `Err` when the process must exit.
+    fn on_message(
+        &mut self,
+        message: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+    ) -> Result<Option<HashSet<PartitionKey>>> {
+        match message {
+            Ok(message) => {
+                // The poll that returned this record may have revoked and re-assigned its
+                // partition first: forget the old assignment before taking it.
+                self.forget_revoked();
+                let taken = self.partitions.take(&message);
+                drop(message);
+                match taken {
+                    Taken::Due(pending) => self.accept(pending),
+                    Taken::Invalid(invalid) => self.outbox.quarantine(invalid),
+                    Taken::Nothing => {}
+                }
+                Ok(None)
+            }
+            Err(error) => self
+                .partitions
+                .after_consumer_error(error)
+                .map_err(|error| {
+                    // A consumer that never fetches again: exit, so the supervisor restarts the
+                    // process.
+                    error!(%error, "fatal consumer error; exiting");
+                    error
+                }),
+        }
     }
 
     /// Drops what is kept for partitions revoked meanwhile (holds, pauses, queued tasks): their
