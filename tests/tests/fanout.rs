@@ -28,7 +28,7 @@ use rdkafka::Message as _;
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,9 +101,9 @@ fn event(id: &str, event_type: &str, account: &str, client: &str) -> Event {
     }
 }
 
-/// A running fan-out and the way to stop it.
+/// A running fan-out and the way to stop it (dropped, it stops the fan-out too).
 struct RunningFanout {
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<DropGuard>,
     task: tokio::task::JoinHandle<dispatch_fanout::Result<()>>,
 }
 
@@ -134,20 +134,17 @@ impl RunningFanout {
         .expect("build thread")
         .expect("fan-out builds");
         fanout.inject_faults(faults);
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(dispatch_fanout::run(fanout, async {
-            let _ = stopped.await;
-        }));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(fanout.run(stop.clone()));
         RunningFanout {
-            stop: Some(stop),
+            stop: Some(stop.drop_guard()),
             task,
         }
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        // Dropping the guard cancels the token.
+        drop(self.stop.take());
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("fan-out stops in time")

@@ -12,7 +12,8 @@
 //! # Layout
 //! - [`config`]: [`ApiConfig`], the `[api]` table: listener, tokens, bounds, timeouts, the
 //!   request rate per token and the quotas per account.
-//! - [`server`]: [`Api`] — `build` (tokens, writers, read models), `router`, `run`.
+//! - [`server`]: [`Api`] — `build` (tokens, writers, read models), `router`, `with_listener`
+//!   → [`ApiServer`] — `run(shutdown)`.
 //! - `routes`: every route, registered with axum and the OpenAPI document in one step
 //!   ([`openapi`] is that document).
 //! - `auth`: bearer tokens, compared in constant time; a caller's account scope.
@@ -44,7 +45,7 @@ use std::net::SocketAddr;
 pub use config::{ApiConfig, QuotaConfig, RateLimitConfig, TokenConfig};
 pub use error::{ApiError, ErrorBody};
 pub use routes::openapi;
-pub use server::{Api, bind, openapi_json};
+pub use server::{Api, ApiServer, bind, openapi_json};
 
 /// What can go wrong building or running the API (a request's failure is an [`ApiError`]).
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! [`Api`]: built from configuration (starting its read models), then run on a listener the
-//! caller binds, until a shutdown signal.
+//! [`Api`]: built from configuration (starting its read models), then given a listener the
+//! caller binds ([`Api::with_listener`], port 0 in tests), and the resulting [`ApiServer`] run
+//! until a shutdown signal.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -32,14 +33,14 @@ use crate::routes;
 use crate::state::{AppState, Settings, Shared};
 use crate::{Error, Result};
 
-/// How long [`Api::run`] waits for the read models' reader threads to exit after the server
-/// stopped.
+/// How long [`ApiServer::run`] waits for the read models' reader threads to exit after the
+/// server stopped.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long [`Api::run`] pauses after the listener failed to accept a connection.
+/// How long [`ApiServer::run`] pauses after the listener failed to accept a connection.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The admin API, its read models started: [`Api::router`] to serve it yourself, or
-/// [`Api::run`] on a listener.
+/// [`Api::with_listener`] and [`ApiServer::run`].
 ///
 /// Keep it alive while its router serves: dropping it stops the delivery history and the dead
 /// letters from following their topics.
@@ -48,7 +49,7 @@ pub struct Api {
     state: AppState,
     /// Cancelled when the API stops: ends the task that reports readiness to [`Health`].
     stopping: CancellationToken,
-    /// `api.header_read_timeout_ms`, applied to each connection by [`Api::run`].
+    /// `api.header_read_timeout_ms`, applied to each connection by [`ApiServer::run`].
     header_read_timeout: Duration,
 }
 
@@ -167,7 +168,52 @@ impl Api {
         Ok(())
     }
 
-    /// Serves the API on `listener` until `shutdown` is cancelled, lets requests in flight
+    /// The API ready to serve on `listener`, bound by the caller ([`bind`]; port 0 in tests,
+    /// which then read [`ApiServer::local_addr`]).
+    pub fn with_listener(self, listener: TcpListener) -> ApiServer {
+        ApiServer {
+            api: self,
+            listener,
+        }
+    }
+
+    /// Stops the readiness reports and the read models' readers (the subscription view belongs
+    /// to the caller and keeps running).
+    async fn stop(&self) {
+        self.stopping.cancel();
+        let shared = &self.state.0;
+        shared.attempts.shutdown();
+        shared.dead_letters.shutdown();
+        let stopped = async {
+            shared.attempts.stopped().await;
+            shared.dead_letters.stopped().await;
+        };
+        if tokio::time::timeout(STOP_TIMEOUT, stopped).await.is_err() {
+            tracing::warn!("the admin API's topic readers did not stop in time");
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stopping.cancel();
+    }
+}
+
+/// The admin API on its listener ([`Api::with_listener`]), ready to [`ApiServer::run`].
+#[derive(Debug)]
+pub struct ApiServer {
+    api: Api,
+    listener: TcpListener,
+}
+
+impl ApiServer {
+    /// Where the API listens (the port the system chose when bound to port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(Error::Serve)
+    }
+
+    /// Serves the API on its listener until `shutdown` is cancelled, lets requests in flight
     /// finish, then stops the read models.
     ///
     /// Each connection is served by hyper directly rather than through `axum::serve`, which
@@ -175,15 +221,16 @@ impl Api {
     /// headers would hold it (and its task) forever. Here it is closed after
     /// `api.header_read_timeout_ms`; once the headers are in, `api.request_timeout_ms` bounds
     /// the rest.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let ApiServer { api, listener } = self;
         let addr = listener.local_addr().map_err(Error::Serve)?;
         info!(%addr, "admin API serving");
-        let service = TowerToHyperService::new(self.router());
+        let service = TowerToHyperService::new(api.router());
         let mut builder = ConnectionBuilder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+            .header_read_timeout(api.header_read_timeout);
         let connections = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
@@ -214,38 +261,16 @@ impl Api {
         // Idle connections close at once; those with a request in flight finish it, which the
         // two timeouts bound.
         let drained = tokio::time::timeout(
-            self.state.0.settings.request_timeout + self.header_read_timeout + STOP_TIMEOUT,
+            api.state.0.settings.request_timeout + api.header_read_timeout + STOP_TIMEOUT,
             connections.shutdown(),
         )
         .await;
         if drained.is_err() {
             tracing::warn!("admin API connections did not close in time");
         }
-        self.stop().await;
+        api.stop().await;
         info!(%addr, "admin API stopped");
         Ok(())
-    }
-
-    /// Stops the readiness reports and the read models' readers (the subscription view belongs
-    /// to the caller and keeps running).
-    async fn stop(&self) {
-        self.stopping.cancel();
-        let shared = &self.state.0;
-        shared.attempts.shutdown();
-        shared.dead_letters.shutdown();
-        let stopped = async {
-            shared.attempts.stopped().await;
-            shared.dead_letters.stopped().await;
-        };
-        if tokio::time::timeout(STOP_TIMEOUT, stopped).await.is_err() {
-            tracing::warn!("the admin API's topic readers did not stop in time");
-        }
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.stopping.cancel();
     }
 }
 

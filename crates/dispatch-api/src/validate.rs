@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::http::{HeaderName, HeaderValue};
 use dispatch_core::catalog;
 use dispatch_core::matching::EventPattern;
-use dispatch_http::{HttpConfig, UrlError, check_endpoint, is_reserved_header};
+use dispatch_core::request::is_reserved_header;
+use dispatch_http::{HttpConfig, UrlError, check_endpoint};
 
 use crate::error::ApiError;
 

@@ -24,6 +24,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 const ACCOUNTS: usize = 100;
 const SUBSCRIPTIONS_PER_ACCOUNT: usize = 10;
@@ -256,10 +257,10 @@ pub async fn run(bootstrap: &str, args: &FanoutArgs) -> anyhow::Result<()> {
         Fanout::build(&build_config, fanout_config, Vec::<String>::new(), view)
     })
     .await??;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(dispatch_fanout::run(fanout, async {
-        let _ = stopped.await;
-    }));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(fanout.run(stop.clone()));
+    // An early return stops the fan-out too.
+    let stop = stop.drop_guard();
     let target = args.events as i64;
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
@@ -274,7 +275,7 @@ pub async fn run(bootstrap: &str, args: &FanoutArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = dispatch_bench::system::own_cpu_seconds() - cpu_before;
-    let _ = stop.send(());
+    drop(stop);
     running.await??;
 
     let delivery_tasks = args.events * MATCHING_PER_ACCOUNT;

@@ -4,6 +4,8 @@
 //! - [`catalog`]: the event types (the public contract), their families, topics and payloads.
 //! - [`render`]: an `Event` → the JSON body a receiver gets; event validation.
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets.
+//! - [`request`]: a delivery task → the signed request of one attempt (URL, headers, body); the
+//!   live secrets that sign it; which custom headers a subscription may set.
 //! - [`matching`]: which subscriptions want an event, through an index.
 //! - [`subscriptions`]: the subscriptions table, a fold of the `dispatch.subscriptions` log.
 //! - [`history`]: each delivery's status and attempts, a bounded fold of `dispatch.attempts`.
@@ -32,6 +34,7 @@ pub mod ids;
 pub mod matching;
 pub mod outcome;
 pub mod render;
+pub mod request;
 pub mod retry;
 pub mod signing;
 pub mod subscriptions;

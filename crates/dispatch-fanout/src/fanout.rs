@@ -4,8 +4,8 @@
 //! readers, offsets committed) or not at all, so a crash at any point yields each
 //! (event, subscription) pair exactly once.
 //!
-//! The loop runs on a dedicated OS thread: every transactional librdkafka call blocks (a commit
-//! waits for the brokers), and blocking belongs off the async workers.
+//! [`Fanout::run`] runs the loop on a dedicated OS thread: every transactional librdkafka call
+//! blocks (a commit waits for the brokers), and blocking belongs off the async workers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::plan::{self, PlannedDelivery, Quarantine};
@@ -525,11 +526,28 @@ impl Fanout {
         self.faults = faults;
     }
 
-    /// Runs until `stop` is set, then finishes the open transaction and leaves the group.
-    /// Blocking: run it on its own thread. Returns an error only for what a restart must fix
-    /// (a fenced producer, a fatal client error, a call that stayed retriable past
-    /// `fanout.transaction_retry_max_ms`).
-    pub fn run_blocking(mut self, stop: &AtomicBool) -> Result<()> {
+    /// Runs the loop on its own thread until `shutdown` is cancelled, then lets it finish the
+    /// open transaction and leave the group. Returns early with the loop's error if it stops by
+    /// itself: only for what a restart must fix (a fenced producer, a fatal client error, a
+    /// call that stayed retriable past `fanout.transaction_retry_max_ms`).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loop_stop = Arc::clone(&stop);
+        let mut handle = tokio::task::spawn_blocking(move || self.run_blocking(&loop_stop));
+        tokio::select! {
+            biased;
+            finished = &mut handle => {
+                return finished.map_err(|e| Error::Thread(e.to_string()))?;
+            }
+            () = shutdown.cancelled() => {}
+        }
+        stop.store(true, Ordering::SeqCst);
+        handle.await.map_err(|e| Error::Thread(e.to_string()))?
+    }
+
+    /// The loop of [`Fanout::run`]: runs until `stop` is set, then finishes the open
+    /// transaction and leaves the group. Blocking: it has a thread of its own.
+    fn run_blocking(mut self, stop: &AtomicBool) -> Result<()> {
         let mut rejoins = Rejoins::default();
         let mut restarts = Rejoins::default();
         loop {

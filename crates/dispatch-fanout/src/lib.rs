@@ -5,17 +5,14 @@
 //!
 //! # Layout
 //! - [`plan`]: what one record becomes (quarantine, or delivery tasks) — no I/O.
-//! - [`fanout`]: the consumer → transactional producer loop on its own thread.
+//! - [`fanout`]: [`Fanout`] — `build` (clients, transactions, subscription), then
+//!   `run(shutdown)`: the consumer → transactional producer loop on its own thread.
 //! - [`txn`]: what a failed transactional call leads to (repeat, abort, exit) — no I/O.
 #![forbid(unsafe_code)]
 
 pub mod fanout;
 pub mod plan;
 pub mod txn;
-
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use fanout::{Fanout, FanoutConfig};
 
@@ -56,21 +53,3 @@ pub enum Error {
 
 /// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Runs a built fan-out on its own thread until `shutdown` completes, then lets it finish the
-/// open transaction and leave the group. Returns early with the loop's error if it stops by
-/// itself.
-pub async fn run(fanout: Fanout, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let loop_stop = Arc::clone(&stop);
-    let mut handle = tokio::task::spawn_blocking(move || fanout.run_blocking(&loop_stop));
-    tokio::select! {
-        biased;
-        finished = &mut handle => {
-            return finished.map_err(|e| Error::Thread(e.to_string()))?;
-        }
-        () = shutdown => {}
-    }
-    stop.store(true, Ordering::SeqCst);
-    handle.await.map_err(|e| Error::Thread(e.to_string()))?
-}

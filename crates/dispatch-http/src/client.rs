@@ -1,18 +1,15 @@
-//! [`WebhookClient`]: one signed `POST` per attempt, bounded in time and in what it reads, and the
+//! [`WebhookClient`]: one `POST` per attempt, bounded in time and in what it reads, and the
 //! precise [`AttemptResult`] of what happened — the value `dispatch-core` classifies.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use dispatch_core::outcome::AttemptResult;
-use dispatch_core::signing::{SigningSecret, WebhookHeaders, unix_seconds};
-use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -23,76 +20,18 @@ use crate::ssrf::{AddressGuard, ResolveError};
 use crate::url::{UrlError, parse_endpoint};
 use crate::{Error, HttpConfig, Result};
 
-/// The header carrying the delivery id (one event to one subscription; the same on retries).
-pub const HEADER_DELIVERY_ID: &str = "posternity-delivery-id";
-/// The header carrying the 1-based attempt number.
-pub const HEADER_ATTEMPT: &str = "posternity-attempt";
-
-/// Whether a custom header of a subscription may not be set: ours (Standard Webhooks and
-/// `posternity-*`, which a custom header must never override), and those that belong to the HTTP
-/// layer (framing, connection management, `host`), which would break or smuggle the request.
-#[must_use]
-pub fn is_reserved_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.starts_with("webhook-")
-        || name.starts_with("posternity-")
-        || name.starts_with("proxy-")
-        || matches!(
-            name.as_str(),
-            "content-type"
-                | "content-length"
-                | "content-encoding"
-                | "transfer-encoding"
-                | "user-agent"
-                | "host"
-                | "connection"
-                | "keep-alive"
-                | "upgrade"
-                | "te"
-                | "trailer"
-                | "expect"
-        )
-}
-
-/// One attempt to deliver a webhook.
-#[derive(Debug, Clone, Copy)]
-pub struct WebhookRequest<'a> {
+/// One attempt to deliver a webhook: a `POST` of `body` to `url` with `headers`. What they
+/// say is the caller's business (`dispatch_core::request` builds the signed request of a
+/// delivery task); this client adds only its `user-agent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRequest {
     /// The endpoint URL (checked again here: scheme, host, literal IPs; names at connect time).
-    pub url: &'a str,
-    /// The JSON body, byte for byte as signed.
-    pub body: &'a [u8],
-    /// The event id: the `webhook-id` header, the same on every attempt.
-    pub event_id: &'a str,
-    /// The delivery id: the `posternity-delivery-id` header.
-    pub delivery_id: &'a str,
-    /// The 1-based attempt number: the `posternity-attempt` header.
-    pub attempt: u32,
-    /// The subscription's custom headers; reserved names ([`is_reserved_header`]) and invalid
-    /// names or values are skipped with a warning.
-    pub headers: &'a HashMap<String, String>,
-    /// The live signing secrets ([`crate::live_secrets`]); each adds a signature. Must not be
-    /// empty: webhooks are never sent unsigned.
-    pub secrets: &'a [SigningSecret],
-}
-
-impl<'a> WebhookRequest<'a> {
-    /// The attempt a delivery task asks for, to its subscription's endpoint.
-    #[must_use]
-    pub fn for_task(
-        task: &'a DeliveryTask,
-        subscription: &'a Subscription,
-        secrets: &'a [SigningSecret],
-    ) -> Self {
-        Self {
-            url: &subscription.url,
-            body: &task.body,
-            event_id: &task.event_id,
-            delivery_id: &task.delivery_id,
-            attempt: task.attempt,
-            headers: &subscription.headers,
-            secrets,
-        }
-    }
+    pub url: String,
+    /// `(name, value)` pairs, sent in this order after the client's `user-agent` (which a
+    /// `user-agent` pair here replaces). A name may repeat; every pair is sent.
+    pub headers: Vec<(String, String)>,
+    /// The body, sent byte for byte.
+    pub body: Vec<u8>,
 }
 
 /// What one attempt came to.
@@ -160,24 +99,16 @@ impl WebhookClient {
         parse_endpoint(url, self.allow_http, &self.guard).map(drop)
     }
 
-    /// Makes one attempt: signs the body with every live secret at the current time, `POST`s
-    /// it, and reads at most `max_response_bytes` of the answer, all within the timeout.
-    /// Redirects are not followed: a `3xx` is a response like any other.
+    /// Makes one attempt: `POST`s the request and reads at most `max_response_bytes` of the
+    /// answer, all within the timeout. Redirects are not followed: a `3xx` is a response like
+    /// any other.
     ///
     /// Every outcome of the attempt — including an invalid or refused URL — is an
-    /// [`AttemptResponse`]. `Err` means no attempt was made because the request itself is
-    /// unusable: no live secret ([`Error::NoSigningSecret`]) or an id that cannot be a header
-    /// value ([`Error::InvalidHeaderValue`]). Neither gets better by retrying.
-    pub async fn send(&self, request: WebhookRequest<'_>) -> Result<AttemptResponse> {
+    /// [`AttemptResponse`]. `Err` means no attempt was made because a header of the request is
+    /// not valid HTTP ([`Error::InvalidHeader`]), which retrying cannot fix.
+    pub async fn send(&self, request: WebhookRequest) -> Result<AttemptResponse> {
         let started = Instant::now();
-        let secrets: Vec<&SigningSecret> = request.secrets.iter().collect();
-        let signed = WebhookHeaders::new(
-            &secrets,
-            request.event_id,
-            unix_seconds(SystemTime::now()),
-            request.body,
-        )?;
-        let endpoint = match parse_endpoint(request.url, self.allow_http, &self.guard) {
+        let endpoint = match parse_endpoint(&request.url, self.allow_http, &self.guard) {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 let result = match error {
@@ -195,7 +126,7 @@ impl WebhookClient {
                 });
             }
         };
-        let http_request = self.build_request(endpoint.uri, &request, &signed)?;
+        let http_request = self.build_request(endpoint.uri, request)?;
 
         let exchange = async {
             let response = self.client.request(http_request).await?;
@@ -228,53 +159,31 @@ impl WebhookClient {
     fn build_request(
         &self,
         uri: hyper::Uri,
-        request: &WebhookRequest<'_>,
-        signed: &WebhookHeaders,
+        request: WebhookRequest,
     ) -> Result<Request<Full<Bytes>>> {
-        let value = |name: &'static str, text: &str| {
-            HeaderValue::from_str(text).map_err(|_| Error::InvalidHeaderValue { name })
-        };
-        let mut http_request = Request::new(Full::new(Bytes::copy_from_slice(request.body)));
-        *http_request.method_mut() = Method::POST;
-        *http_request.uri_mut() = uri;
-        let headers = http_request.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::USER_AGENT, self.user_agent.clone());
-        for (name, text) in signed.pairs() {
-            headers.insert(name, value(name, text)?);
+        let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
+        if !request
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(header::USER_AGENT.as_str()))
+        {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
         }
-        headers.insert(
-            HEADER_DELIVERY_ID,
-            value(HEADER_DELIVERY_ID, request.delivery_id)?,
-        );
-        headers.insert(HEADER_ATTEMPT, HeaderValue::from(request.attempt));
-        for (name, text) in request.headers {
-            if is_reserved_header(name) {
-                tracing::warn!(
-                    delivery_id = request.delivery_id,
-                    header = %name,
-                    "skipping a custom header that would override a reserved one"
-                );
-                continue;
-            }
+        for (name, value) in &request.headers {
             match (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(text),
+                HeaderValue::from_str(value),
             ) {
-                (Ok(name), Ok(text)) => {
-                    headers.append(name, text);
+                (Ok(name), Ok(value)) => {
+                    headers.append(name, value);
                 }
-                // The value is not logged: custom headers often carry credentials.
-                _ => tracing::warn!(
-                    delivery_id = request.delivery_id,
-                    header = ?name,
-                    "skipping a custom header with an invalid name or value"
-                ),
+                _ => return Err(Error::InvalidHeader { name: name.clone() }),
             }
         }
+        let mut http_request = Request::new(Full::new(Bytes::from(request.body)));
+        *http_request.method_mut() = Method::POST;
+        *http_request.uri_mut() = uri;
+        *http_request.headers_mut() = headers;
         Ok(http_request)
     }
 }
@@ -412,25 +321,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reserved_headers() {
-        for name in [
-            "webhook-id",
-            "Webhook-Signature",
-            "webhook-timestamp",
-            "posternity-attempt",
-            "Posternity-Delivery-Id",
-            "content-type",
-            "Content-Length",
-            "transfer-encoding",
-            "host",
-            "user-agent",
-            "connection",
-            "proxy-authorization",
-        ] {
-            assert!(is_reserved_header(name), "{name}");
-        }
-        for name in ["authorization", "x-api-key", "x-webhook-source", "accept"] {
-            assert!(!is_reserved_header(name), "{name}");
+    fn core_header_rules_agree_with_the_http_types() {
+        // `dispatch_core::request` checks names and values without the `http` crate; a request
+        // it builds must never be refused here.
+        use dispatch_core::request::{is_header_name, is_header_value};
+        let mut samples: Vec<String> = (0_u8..=127)
+            .map(|byte| char::from(byte).to_string())
+            .collect();
+        samples.extend(["é", "\u{a0}", "ü-x", "x y", "a\tb", "Content-Type"].map(str::to_owned));
+        for sample in &samples {
+            for text in [sample.clone(), format!("x-{sample}"), format!("{sample}z")] {
+                assert_eq!(
+                    is_header_name(&text),
+                    HeaderName::from_bytes(text.as_bytes()).is_ok(),
+                    "name {text:?}"
+                );
+                assert_eq!(
+                    is_header_value(&text),
+                    HeaderValue::from_str(&text).is_ok(),
+                    "value {text:?}"
+                );
+            }
         }
     }
 

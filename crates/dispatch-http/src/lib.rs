@@ -1,6 +1,10 @@
-//! The webhook client: signed `POST`s to customer endpoints over pooled HTTP/1.1 and HTTP/2
+//! The webhook client: `POST`s to customer endpoints over pooled HTTP/1.1 and HTTP/2
 //! connections, behind an SSRF guard, bounded in time and in what is read, with the precise
 //! [`AttemptResult`](dispatch_core::outcome::AttemptResult) of every attempt.
+//!
+//! It sends a plain [`WebhookRequest`] — URL, headers, body — and knows nothing of delivery
+//! tasks, subscriptions or secrets: `dispatch_core::request::webhook_request` builds the signed
+//! request of a task (Standard Webhooks headers, `posternity-*`, custom headers).
 //!
 //! What it promises (design sections 5 and 7):
 //!
@@ -12,9 +16,7 @@
 //! - Redirects are never followed; a `3xx` is just a status.
 //! - The whole attempt — resolution, connect, TLS, request, response headers and the capped body
 //!   read — is bounded by `timeout_ms`. At most `max_response_bytes` of a body are read.
-//! - Standard Webhooks headers signed with every live secret, `user-agent`,
-//!   `posternity-delivery-id`, `posternity-attempt`, and the subscription's custom headers,
-//!   which can never override ours.
+//! - The request's headers in the order given, after the configured `user-agent`.
 //!
 //! # Layout
 //! - [`config`]: [`HttpConfig`], its defaults and validation.
@@ -23,23 +25,17 @@
 //! - [`url`]: endpoint URL rules ([`check_url`], [`check_endpoint`]) for the admin API and for
 //!   every attempt.
 //! - [`connector`]: the guarded resolver and TCP connector under hyper-rustls.
-//! - [`client`]: [`WebhookClient::send`], the request it builds and the result it maps.
-//! - [`secrets`]: [`live_secrets`], the secrets that sign an attempt.
+//! - [`client`]: [`WebhookClient::send`] of a [`WebhookRequest`], and the result it maps.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
 pub mod connector;
-pub mod secrets;
 pub mod ssrf;
 pub mod url;
 
-pub use client::{
-    AttemptResponse, HEADER_ATTEMPT, HEADER_DELIVERY_ID, WebhookClient, WebhookRequest,
-    is_reserved_header,
-};
+pub use client::{AttemptResponse, WebhookClient, WebhookRequest};
 pub use config::HttpConfig;
-pub use secrets::live_secrets;
 pub use ssrf::{AddressGuard, BlockedAddress, RefusedIp, is_forbidden};
 pub use url::{UrlError, check_endpoint, check_url};
 
@@ -58,14 +54,12 @@ pub enum Error {
     /// rustls refused to build the TLS configuration.
     #[error("cannot set up TLS: {0}")]
     Tls(#[source] rustls::Error),
-    /// The subscription has no live signing secret, so nothing was sent.
-    #[error(transparent)]
-    NoSigningSecret(#[from] dispatch_core::signing::NoSigningSecret),
-    /// An id meant for a header is not a valid header value, so nothing was sent.
-    #[error("the {name} header value is not a valid HTTP header value")]
-    InvalidHeaderValue {
-        /// The header.
-        name: &'static str,
+    /// A header of the request has a name or value that is not valid HTTP, so nothing was
+    /// sent. (The value is not quoted: headers often carry credentials.)
+    #[error("the {name:?} header is not a valid HTTP header name and value")]
+    InvalidHeader {
+        /// The header's name as given.
+        name: String,
     },
 }
 

@@ -1,5 +1,6 @@
 //! The webhook client against real receivers on 127.0.0.1: what arrives, what comes back, and
-//! what is refused before any connection is made.
+//! what is refused before any connection is made. Requests are what `dispatch_core::request`
+//! builds from a delivery task and its subscription, as the sender sends them.
 
 mod support;
 
@@ -10,11 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dispatch_core::outcome::AttemptResult;
-use dispatch_core::signing::{DEFAULT_TOLERANCE, ReceivedHeaders, SigningSecret, verify};
+use dispatch_core::request::{RequestError, webhook_request};
+use dispatch_core::signing::{
+    DEFAULT_TOLERANCE, NoSigningSecret, ReceivedHeaders, SigningSecret, verify,
+};
 use dispatch_e2e::tls::TestPki;
 use dispatch_http::connector::GuardedConnector;
 use dispatch_http::ssrf::{AddressGuard, ResolveError};
 use dispatch_http::{AttemptResponse, Error, HttpConfig, WebhookClient, WebhookRequest};
+use dispatch_proto::dispatch::v1::{DeliveryTask, SigningSecret as StoredSecret, Subscription};
 use hyper::Version;
 use support::{PATIENCE, Receiver, Recorded, Reply};
 
@@ -43,21 +48,47 @@ fn no_headers() -> HashMap<String, String> {
     HashMap::new()
 }
 
+/// The task's attempt 3 to a subscription of `url` with `headers`, signed with `secrets`, as
+/// the sender builds it at the current time.
+fn request_to(
+    url: &str,
+    headers: &HashMap<String, String>,
+    secrets: &[SigningSecret],
+) -> Result<WebhookRequest, RequestError> {
+    let task = DeliveryTask {
+        event_id: EVENT_ID.to_owned(),
+        delivery_id: DELIVERY_ID.to_owned(),
+        attempt: 3,
+        body: BODY.to_vec(),
+        ..DeliveryTask::default()
+    };
+    let subscription = Subscription {
+        url: url.to_owned(),
+        headers: headers.clone(),
+        secrets: secrets
+            .iter()
+            .map(|secret| StoredSecret {
+                secret: secret.as_str().to_owned(),
+                ..StoredSecret::default()
+            })
+            .collect(),
+        ..Subscription::default()
+    };
+    let signed = webhook_request(&task, &subscription, SystemTime::now())?;
+    Ok(WebhookRequest {
+        url: signed.url,
+        headers: signed.headers,
+        body: signed.body,
+    })
+}
+
 async fn send_to(
     client: &WebhookClient,
     url: &str,
     headers: &HashMap<String, String>,
     secrets: &[SigningSecret],
 ) -> AttemptResponse {
-    let request = WebhookRequest {
-        url,
-        body: BODY,
-        event_id: EVENT_ID,
-        delivery_id: DELIVERY_ID,
-        attempt: 3,
-        headers,
-        secrets,
-    };
+    let request = request_to(url, headers, secrets).expect("the request is sendable");
     tokio::time::timeout(PATIENCE * 3, client.send(request))
         .await
         .expect("send finishes")
@@ -469,21 +500,83 @@ async fn http_is_refused_unless_allowed() {
 #[tokio::test]
 async fn nothing_is_sent_without_a_live_secret() {
     let receiver = Receiver::start(Reply::status(200)).await;
-    let headers = no_headers();
     let target = url(receiver.addr, "http", "127.0.0.1");
-    let request = WebhookRequest {
-        url: &target,
-        body: BODY,
-        event_id: EVENT_ID,
-        delivery_id: DELIVERY_ID,
-        attempt: 1,
-        headers: &headers,
-        secrets: &[],
-    };
-    let error = client(&local_config())
-        .send(request)
-        .await
-        .expect_err("unsigned webhooks are never sent");
-    assert!(matches!(error, Error::NoSigningSecret(_)), "{error:?}");
+    let error =
+        request_to(&target, &no_headers(), &[]).expect_err("unsigned webhooks are never sent");
+    assert_eq!(error, RequestError::NoSigningSecret(NoSigningSecret));
     receiver.assert_no_connection().await;
+}
+
+#[tokio::test]
+async fn a_header_that_is_not_http_is_refused_without_a_connection() {
+    let receiver = Receiver::start(Reply::status(200)).await;
+    let target = url(receiver.addr, "http", "127.0.0.1");
+    for (name, value) in [("x-token", "a\r\nx-injected: 1"), ("x token", "a")] {
+        let request = WebhookRequest {
+            url: target.clone(),
+            headers: vec![(name.to_owned(), value.to_owned())],
+            body: BODY.to_vec(),
+        };
+        let error = client(&local_config())
+            .send(request)
+            .await
+            .expect_err("nothing is sent");
+        assert!(
+            matches!(&error, Error::InvalidHeader { name: named } if named == name),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("injected"), "{error}");
+    }
+    receiver.assert_no_connection().await;
+}
+
+#[tokio::test]
+async fn a_plain_request_is_sent_as_given_with_the_client_user_agent_in_front() {
+    let mut receiver = Receiver::start(Reply::status(202)).await;
+    let target = url(receiver.addr, "http", "127.0.0.1");
+    let headers = vec![
+        ("x-first".to_owned(), "1".to_owned()),
+        ("x-twice".to_owned(), "a".to_owned()),
+        ("x-twice".to_owned(), "b".to_owned()),
+    ];
+    let request = WebhookRequest {
+        url: target.clone(),
+        headers: headers.clone(),
+        body: b"not json".to_vec(),
+    };
+    let response = client(&local_config()).send(request).await.expect("sent");
+    assert_eq!(
+        response.result,
+        AttemptResult::Response {
+            status: 202,
+            retry_after: None
+        }
+    );
+    let recorded = receiver.next_request().await;
+    assert_eq!(recorded.body.as_ref(), b"not json");
+    let names: Vec<&str> = recorded
+        .headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| *name != "host" && *name != "content-length")
+        .collect();
+    assert_eq!(names, ["user-agent", "x-first", "x-twice"]);
+    let twice: Vec<&[u8]> = recorded
+        .headers
+        .get_all("x-twice")
+        .iter()
+        .map(|value| value.as_bytes())
+        .collect();
+    assert_eq!(twice, [b"a", b"b"]);
+
+    // A user-agent of the request replaces the client's.
+    let request = WebhookRequest {
+        url: target,
+        headers: vec![("User-Agent".to_owned(), "custom/1".to_owned())],
+        body: Vec::new(),
+    };
+    client(&local_config()).send(request).await.expect("sent");
+    let recorded = receiver.next_request().await;
+    assert_eq!(recorded.header("user-agent"), "custom/1");
+    assert_eq!(recorded.headers.get_all("user-agent").iter().count(), 1);
 }

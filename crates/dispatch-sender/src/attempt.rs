@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use dispatch_core::delivery_plan::{self, AttemptFacts, Next};
 use dispatch_core::outcome::{self, AttemptResult};
+use dispatch_core::request::webhook_request;
 use dispatch_core::retry::RetrySchedule;
 use dispatch_core::timestamp;
-use dispatch_http::{AttemptResponse, WebhookClient, WebhookRequest, live_secrets};
+use dispatch_http::{AttemptResponse, WebhookClient, WebhookRequest};
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::TopicNames;
 use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
@@ -69,22 +70,28 @@ pub async fn deliver(
         .and_then(timestamp::to_system_time);
     loop {
         let started = SystemTime::now();
-        let secrets = live_secrets(subscription, started);
         metrics::gauge!(names::SENDER_IN_FLIGHT_REQUESTS).increment(1.0);
-        let response = ctx
-            .client
-            .send(WebhookRequest::for_task(&task, subscription, &secrets))
-            .await
-            .unwrap_or_else(|error| AttemptResponse {
-                // Nothing was sent (no live secret, an id unfit for a header): retrying cannot
-                // help, so it is classified like an unusable URL and dead-lettered, replayable
-                // once the subscription is fixed.
-                result: AttemptResult::InvalidUrl {
-                    message: format!("not sent: {error}"),
-                },
-                duration: Duration::ZERO,
-                response_excerpt: String::new(),
-            });
+        let sent = match webhook_request(&task, subscription, started) {
+            Ok(signed) => {
+                let request = WebhookRequest {
+                    url: signed.url,
+                    headers: signed.headers,
+                    body: signed.body,
+                };
+                ctx.client.send(request).await.map_err(|e| e.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let response = sent.unwrap_or_else(|error| AttemptResponse {
+            // Nothing was sent (no live secret, an id unfit for a header): retrying cannot
+            // help, so it is classified like an unusable URL and dead-lettered, replayable
+            // once the subscription is fixed.
+            result: AttemptResult::InvalidUrl {
+                message: format!("not sent: {error}"),
+            },
+            duration: Duration::ZERO,
+            response_excerpt: String::new(),
+        });
         metrics::gauge!(names::SENDER_IN_FLIGHT_REQUESTS).decrement(1.0);
         let finished = SystemTime::now();
         let classified = response.result.classify(finished);

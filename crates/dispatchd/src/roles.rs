@@ -1,5 +1,7 @@
 //! The long-running roles: wiring of the subscription view, the telemetry server and the role
-//! itself, with one shutdown signal (SIGTERM or Ctrl-C) for all of them.
+//! itself, with one shutdown signal (SIGTERM or Ctrl-C) for all of them. Every role is started
+//! the same way: built (its listener or consumer included), then `run(shutdown)` with the
+//! process's one `CancellationToken`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -197,11 +199,9 @@ async fn build_fanout(config: &ValidConfig, foundation: &Foundation) -> anyhow::
     })
     .await?
     .context("fan-out")?;
-    let shutdown = foundation.shutdown.clone().cancelled_owned();
+    let shutdown = foundation.shutdown.clone();
     Ok(Box::pin(async move {
-        dispatch_fanout::run(fanout, shutdown)
-            .await
-            .context("fan-out")?;
+        fanout.run(shutdown).await.context("fan-out")?;
         info!("fan-out stopped");
         Ok(())
     }))
@@ -252,10 +252,11 @@ async fn build_api(
         &foundation.health,
     )
     .await
-    .context("admin API")?;
+    .context("admin API")?
+    .with_listener(listener);
     let shutdown = foundation.shutdown.clone();
     Ok(Box::pin(async move {
-        api.run(listener, shutdown).await.context("admin API")?;
+        api.run(shutdown).await.context("admin API")?;
         Ok(())
     }))
 }

@@ -4,9 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 use axum::http::{Method, StatusCode};
+use dispatch_core::request::live_secrets;
 use dispatch_core::signing::{self, ReceivedHeaders, SigningSecret};
 use dispatch_core::timestamp;
-use dispatch_http::live_secrets;
 use serde_json::json;
 
 use crate::support::{Call, Harness, TOKEN_A, id_of};

@@ -246,10 +246,11 @@ impl Harness {
         let listener = dispatch_api::bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind port 0");
-        let addr = listener.local_addr().expect("address");
+        let server = api.with_listener(listener);
+        let addr = server.local_addr().expect("address");
         let base = format!("http://{addr}");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(api.run(listener, stop.clone()));
+        let task = tokio::spawn(server.run(stop.clone()));
         Harness {
             writer: SubscriptionWriter::new(&kafka).expect("writer"),
             producer: kafka.reliable_producer().expect("producer"),
