@@ -1146,7 +1146,15 @@ async fn a_failed_seek_after_a_hold_never_lets_the_commit_pass_dropped_records()
     }
 
     // Once the held record went out, one more record that is due at once follows the ten.
-    assert_eq!(receiver.wait_for("/seek", 1, WAIT).await.len(), 1);
+    // (How many of the nine behind it arrived by the time this looks is a race — they are due
+    // too and follow within milliseconds — so only the held one's arrival is waited for.)
+    let first = receiver.wait_for("/seek", 1, WAIT).await;
+    assert!(
+        first
+            .iter()
+            .any(|request| request.headers["webhook-id"] == "evt_seek_0"),
+        "the held record goes out first or with the ones behind it"
+    );
     harness
         .deliver_to(&tier, "sub_seek", "evt_seek_10", |task| {
             task.attempt = 2;

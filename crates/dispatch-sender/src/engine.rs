@@ -153,7 +153,8 @@ impl Engine {
                         taken += 1;
                     }
                 }
-                () = sleep_until(wake) => self.scheduler.mark_waiting(),
+                // A timer fell due: the turn below starts what it allows.
+                () = sleep_until(wake) => {}
                 _ = group_check.tick() => replaced = self.partitions.check_group()?,
             }
             if let Some(lost) = replaced {
@@ -286,7 +287,7 @@ impl Engine {
             // Read again: the subscription may have been deleted while the task was queued.
             let subscription = self
                 .view
-                .read(|table| table.get(&start.subscription_id).cloned());
+                .read(|table| table.get(&start.pending.task.subscription_id).cloned());
             self.outbox
                 .attempt(start, subscription, self.completions_tx.clone());
         }
@@ -303,7 +304,7 @@ impl Engine {
         let now = Instant::now();
         [
             self.partitions.next_wakeup(now),
-            self.scheduler.next_wakeup(now),
+            self.scheduler.next_wakeup(),
         ]
         .into_iter()
         .flatten()

@@ -224,8 +224,7 @@ impl Outbox {
     ) {
         let Start {
             permit,
-            subscription_id,
-            account_id,
+            place,
             pending,
         } = start;
         let ctx = self.ctx.clone();
@@ -257,11 +256,7 @@ impl Outbox {
                 // waiting for running attempts then commits it.
                 offsets.finish(&topic, partition, offset);
                 offsets.attempt_ended(&key);
-                let _ = completions.send(Completion {
-                    subscription_id,
-                    account_id,
-                    end,
-                });
+                let _ = completions.send(Completion { place, end });
             }
             .instrument(span),
         );

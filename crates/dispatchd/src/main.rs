@@ -13,6 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's allocator: a profile of the sender flat out spent ~17 % of its
+/// samples in glibc malloc/free (per-delivery records, tasks, requests). Used by every role.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Posternity Dispatch: delivers Posternity's domain events from Kafka to customers' webhooks.
 #[derive(Debug, Parser)]
 #[command(name = "dispatchd", version, about)]
