@@ -245,12 +245,13 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         allow_addresses: vec!["127.0.0.1/32".to_owned()],
         ..HttpConfig::default()
     };
+    let writes = dispatch_sender::writes::KafkaWrites::new(&config)?;
     let ctx = AttemptContext {
         client: WebhookClient::new(&http)?,
         schedule,
-        writes: dispatch_sender::writes::KafkaWrites::new(&config)?,
+        subscriptions: Arc::new(SubscriptionWriter::with_outbox(writes.outbox().clone())),
+        writes,
         names: names.clone(),
-        subscriptions: Arc::new(SubscriptionWriter::new(&config)?),
     };
     let sender_config = SenderConfig {
         group_id: format!("{prefix}sender"),

@@ -12,8 +12,9 @@
 //! - [`endpoint`]: per-subscription queue, in-flight limit, rate limit and circuit breaker.
 //! - [`circuit`]: the per-endpoint circuit breaker (closed, open for a cool-down, one probe).
 //! - [`rate`]: the per-endpoint rate limit (GCRA on the caller's clock).
-//! - [`writes`]: every Kafka write of the sender: produce errors classified, records capped to
-//!   fit their topic, failing writes retried with backoff, counted and shown in `/readyz`.
+//! - [`writes`]: the sender's outbox (`dispatch_kafka::outbox`), through which every Kafka write
+//!   of the sender goes: retried until acknowledged, capped to fit, counted and shown in
+//!   `/readyz`. A shim until the engine writes through the outbox directly.
 #![forbid(unsafe_code)]
 
 pub mod attempt;

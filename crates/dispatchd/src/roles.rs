@@ -213,12 +213,14 @@ fn build_sender(config: &ValidConfig, foundation: &Foundation) -> anyhow::Result
     let writes = KafkaWrites::new(kafka).context("sender's producer")?;
     // Not ready while a write keeps failing: its delivery's source offset stays unfinished.
     writes.report_readiness(foundation.health.component(writes::READINESS_COMPONENT));
+    // The disable-after-410 write goes through the sender's own outbox.
+    let subscriptions = Arc::new(SubscriptionWriter::with_outbox(writes.outbox().clone()));
     let ctx = AttemptContext {
         client: WebhookClient::new(&config.config.http).context("webhook client")?,
         schedule: config.retry.clone(),
         writes,
         names: TopicNames::new(kafka.topic_prefix.clone()),
-        subscriptions: Arc::new(SubscriptionWriter::new(kafka)?),
+        subscriptions,
     };
     let engine = Engine::build(
         kafka,
