@@ -1,5 +1,6 @@
 //! Kafka for Posternity Dispatch: connection settings, the topic layout of the design, topic
-//! administration, the outbox every role writes through, and the readers that fold topics.
+//! administration, the outbox every role writes through, and the readers every role folds
+//! topics with.
 //!
 //! # Layout
 //! - [`client`]: the `[kafka]` configuration and reliable producers.
@@ -13,10 +14,11 @@
 //! - [`quarantine`]: the headers of records quarantined in `dispatch.invalid`.
 //! - [`publish`]: producing domain events as the pipelines do (an outbox front-end).
 //! - [`subscription_writer`]: writing subscription records and tombstones (an outbox front-end).
-//! - [`subscription_view`]: the in-memory subscriptions table every role reads, kept current
-//!   from `dispatch.subscriptions`.
-//! - [`topic_fold`]: any topic folded into an in-memory value by a reader thread; the delivery
-//!   history (`dispatch.attempts`) and dead letters (`dispatch.dlq`) the admin API reads.
+//! - [`subscription_view`]: the in-memory subscriptions table every role reads, a topic fold
+//!   of `dispatch.subscriptions` that also answers what became of a given record.
+//! - [`topic_fold`]: any topic folded into an in-memory value by a reader thread: the
+//!   subscription view's, and the delivery history (`dispatch.attempts`) and dead letters
+//!   (`dispatch.dlq`) the admin API reads.
 //! - [`task_producer`]: the admin API's other writes, delivery tasks and dead-letter tombstones
 //!   (an outbox front-end).
 #![forbid(unsafe_code)]

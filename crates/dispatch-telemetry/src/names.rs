@@ -376,7 +376,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: MetricKind::Gauge,
         unit: "records",
         labels: &["group", "topic", "partition"],
-        help: "Consumer lag per partition, from librdkafka statistics: the roles' consumer groups, and the admin API's topic readers (group `reader:<topic>`).",
+        help: "Consumer lag per partition, from librdkafka statistics: the roles' consumer groups, and the topic readers outside any group (group `reader:<topic>`: the admin API's folds, every process's subscription view).",
     },
     MetricSpec {
         name: KAFKA_CONSUMER_REJOINS_TOTAL,
