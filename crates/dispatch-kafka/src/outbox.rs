@@ -334,9 +334,11 @@ pub fn cap_bytes(value: &mut Vec<u8>, budget_bytes: usize) -> Vec<&'static str> 
 /// Which role writes through an outbox: names its metrics and its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writer {
-    /// The sender: `dispatch_sender_produce_failures_total`, `dispatch_sender_producer_replaced_total`.
+    /// The sender: `dispatch_sender_produce_failures_total`,
+    /// `dispatch_sender_producer_replaced_total`.
     Sender,
-    /// The admin API: `dispatch_api_produce_failures_total`, `dispatch_api_producer_replaced_total`.
+    /// The admin API: `dispatch_api_produce_failures_total`,
+    /// `dispatch_api_producer_replaced_total`.
     Api,
     /// A one-shot tool (`dispatchd publish`, the benchmark's set-up, tests): no metrics
     /// endpoint to count on, so nothing is counted; its errors tell.
