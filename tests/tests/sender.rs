@@ -22,6 +22,7 @@ use dispatch_e2e::{
 use dispatch_http::{HttpConfig, WebhookClient};
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::outbox::{HEADER_TRUNCATED, Outbox, TRUNCATION_MARK, Writer};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::{TopicNames, TopicSettings, TopicSpec, topic_specs};
@@ -36,7 +37,6 @@ use dispatch_proto::wkt::Timestamp;
 use dispatch_sender::attempt::AttemptContext;
 use dispatch_sender::config::SenderConfig;
 use dispatch_sender::engine::{Engine, InjectedFaults};
-use dispatch_sender::writes::{self, HEADER_TRUNCATED, KafkaWrites, TRUNCATION_MARK};
 use dispatch_telemetry::{Health, PrometheusHandle};
 use rdkafka::Message as _;
 use rdkafka::message::Headers as _;
@@ -218,12 +218,12 @@ impl Harness {
 
     /// A sender engine of the harness's group, its writes reporting to the harness's health.
     fn build_engine(&self) -> Engine {
-        let writes = KafkaWrites::new(&self.config).expect("producer");
-        writes.report_readiness(self.health.component(writes::READINESS_COMPONENT));
+        let outbox = Outbox::new(&self.config, Writer::Sender).expect("producer");
+        outbox.report_readiness(self.health.component(dispatch_sender::READINESS_COMPONENT));
         let ctx = AttemptContext {
             client: WebhookClient::new(&self.http).expect("client"),
             schedule: self.schedule.clone(),
-            writes,
+            outbox,
             names: self.names.clone(),
             subscriptions: Arc::new(SubscriptionWriter::new(&self.config).expect("writer")),
         };
@@ -1040,7 +1040,7 @@ async fn a_write_to_a_missing_topic_is_retried_counted_and_shown_until_the_topic
     assert_eq!(receiver.wait_for("/pinned", 1, WAIT).await.len(), 1);
 
     // The write keeps failing: counted, and the sender's writes are not ready, naming the topic.
-    let component = writes::READINESS_COMPONENT;
+    let component = dispatch_sender::READINESS_COMPONENT;
     assert!(
         eventually(Duration::from_secs(60), || {
             let failures: u64 = produce_failures(&handle, "dispatch.attempts")

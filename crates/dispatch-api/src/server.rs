@@ -12,6 +12,7 @@ use dispatch_core::dead_letters::DeadLetterTable;
 use dispatch_core::history::DeliveryHistory;
 use dispatch_http::HttpConfig;
 use dispatch_kafka::KafkaConfig;
+use dispatch_kafka::outbox::{Outbox, Writer};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::task_producer::TaskProducer;
@@ -75,8 +76,10 @@ impl Api {
         config.validate().map_err(Error::Config)?;
         let tokens = config.load_tokens()?;
         let names = TopicNames::new(kafka.topic_prefix.clone());
-        let writer = SubscriptionWriter::new(kafka)?;
-        let producer = TaskProducer::new(kafka)?;
+        // One outbox, one producer for every write of the API.
+        let outbox = Outbox::new(kafka, Writer::Api)?;
+        let writer = SubscriptionWriter::with_outbox(outbox.clone());
+        let producer = TaskProducer::with_outbox(outbox);
 
         let history_ready = health.component("api_delivery_history");
         let dlq_ready = health.component("api_dead_letters");

@@ -26,6 +26,7 @@ use dispatch_core::signing::SigningSecret;
 use dispatch_http::{HttpConfig, WebhookClient};
 use dispatch_kafka::KafkaConfig;
 use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::outbox::{Outbox, Writer};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::{TopicNames, TopicSettings, topic_specs};
@@ -246,12 +247,13 @@ pub async fn run(bootstrap: &str, args: &SenderArgs) -> anyhow::Result<()> {
         allow_addresses: vec!["127.0.0.1/32".to_owned()],
         ..HttpConfig::default()
     };
+    let outbox = Outbox::new(&config, Writer::Sender)?;
     let ctx = AttemptContext {
         client: WebhookClient::new(&http)?,
         schedule,
-        writes: dispatch_sender::writes::KafkaWrites::new(&config)?,
+        subscriptions: Arc::new(SubscriptionWriter::with_outbox(outbox.clone())),
+        outbox,
         names: names.clone(),
-        subscriptions: Arc::new(SubscriptionWriter::new(&config)?),
     };
     let sender_config = SenderConfig {
         group_id: format!("{prefix}sender"),

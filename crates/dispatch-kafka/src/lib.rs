@@ -1,25 +1,33 @@
 //! Kafka for Posternity Dispatch: connection settings, the topic layout of the design, topic
-//! administration, and the producers every role shares.
+//! administration, the outbox every role writes through, and the readers every role folds
+//! topics with.
 //!
 //! # Layout
 //! - [`client`]: the `[kafka]` configuration and reliable producers.
+//! - [`outbox`]: every Kafka write of every role but the fan-out's transactions — errors
+//!   classified, records capped to fit, retried until acknowledged ([`outbox::Outbox::write`])
+//!   or bounded for callers that answer someone ([`outbox::Outbox::try_write`]), failing writes
+//!   counted and shown in `/readyz`, a producer that knows no broker replaced.
 //! - [`topics`]: topic names under a prefix, partition counts and configs.
 //! - [`admin`]: `topics ensure` — create what is missing, report what drifted.
 //! - [`lag`]: consumer lag per partition from librdkafka statistics, as a gauge.
 //! - [`quarantine`]: the headers of records quarantined in `dispatch.invalid`.
-//! - [`publish`]: producing domain events as the pipelines do.
-//! - [`subscription_writer`]: writing subscription records and tombstones.
-//! - [`subscription_view`]: the in-memory subscriptions table every role reads, kept current
-//!   from `dispatch.subscriptions`.
-//! - [`topic_fold`]: any topic folded into an in-memory value by a reader thread; the delivery
-//!   history (`dispatch.attempts`) and dead letters (`dispatch.dlq`) the admin API reads.
-//! - [`task_producer`]: the admin API's writes: delivery tasks and dead-letter tombstones.
+//! - [`publish`]: producing domain events as the pipelines do (an outbox front-end).
+//! - [`subscription_writer`]: writing subscription records and tombstones (an outbox front-end).
+//! - [`subscription_view`]: the in-memory subscriptions table every role reads, a topic fold
+//!   of `dispatch.subscriptions` that also answers what became of a given record.
+//! - [`topic_fold`]: any topic folded into an in-memory value by a reader thread: the
+//!   subscription view's, and the delivery history (`dispatch.attempts`) and dead letters
+//!   (`dispatch.dlq`) the admin API reads.
+//! - [`task_producer`]: the admin API's other writes, delivery tasks and dead-letter tombstones
+//!   (an outbox front-end).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod client;
 pub mod group_health;
 pub mod lag;
+pub mod outbox;
 pub mod publish;
 pub mod quarantine;
 pub mod subscription_view;
@@ -143,10 +151,20 @@ pub enum Error {
         /// The partition asked about.
         partition: i32,
     },
+    /// A bounded write gave up ([`outbox::Outbox::try_write`]): what its last error means is in
+    /// its classification.
+    #[error(transparent)]
+    Write(Box<outbox::WriteError>),
     /// A record that must not be written (its consumers could not route or read it); nothing
     /// was written.
     #[error("refusing to write a record: {0}")]
     InvalidRecord(String),
+}
+
+impl From<outbox::WriteError> for Error {
+    fn from(error: outbox::WriteError) -> Self {
+        Error::Write(Box::new(error))
+    }
 }
 
 /// Results of this crate.

@@ -1,12 +1,12 @@
 //! Producing domain events the way Posternity's pipelines do: protobuf `Event` to
 //! `posternity.events.<family>`, keyed by account id. Used by `dispatchd publish`, the tests and
-//! the benchmark's publisher.
+//! the benchmark's publisher. A typed front-end of an [`Outbox`] (bounded writes: the caller is
+//! told).
 
 use dispatch_core::event_input::PublishableEvent;
 use dispatch_proto::prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 
+use crate::outbox::{Outbox, OutboxRecord, Writer};
 use crate::topics::TopicNames;
 use crate::{Error, KafkaConfig, Result};
 
@@ -26,27 +26,24 @@ pub struct Published {
 }
 
 /// Publishes domain events to their family's topic.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct EventPublisher {
-    producer: FutureProducer,
+    outbox: Outbox,
     names: TopicNames,
 }
 
-impl std::fmt::Debug for EventPublisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPublisher")
-            .field("names", &self.names)
-            .finish_non_exhaustive()
-    }
-}
-
 impl EventPublisher {
-    /// A publisher on an idempotent `acks=all` producer.
+    /// A publisher on an outbox of its own, as a tool's (nothing counted; errors are returned).
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        Ok(EventPublisher {
-            producer: config.reliable_producer()?,
-            names: TopicNames::new(config.topic_prefix.clone()),
-        })
+        Ok(Self::with_outbox(Outbox::new(config, Writer::Tool)?))
+    }
+
+    /// A publisher through `outbox`.
+    pub fn with_outbox(outbox: Outbox) -> Self {
+        EventPublisher {
+            names: outbox.topic_names(),
+            outbox,
+        }
     }
 
     /// Produces one event and waits until the cluster acknowledged it.
@@ -56,24 +53,14 @@ impl EventPublisher {
             .names
             .domain(publishable.family)
             .ok_or_else(|| Error::NoDomainTopic(event.r#type.clone()))?;
-        let payload = event.encode_to_vec();
-        let record = FutureRecord::to(&topic)
-            .key(event.account_id.as_bytes())
-            .payload(&payload);
-        let delivery =
-            self.producer
-                .send(record, Timeout::Never)
-                .await
-                .map_err(|(source, _)| Error::Request {
-                    operation: "produce",
-                    source,
-                })?;
+        let record = OutboxRecord::whole(&topic, &event.account_id, event.encode_to_vec());
+        let written = self.outbox.try_write(record).await?;
         Ok(Published {
             event_id: event.id.clone(),
             event_type: event.r#type.clone(),
             topic,
-            partition: delivery.partition,
-            offset: delivery.offset,
+            partition: written.partition,
+            offset: written.offset,
         })
     }
 }

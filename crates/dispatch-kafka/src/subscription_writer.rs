@@ -1,5 +1,7 @@
 //! Writing subscription records to `dispatch.subscriptions`: an upsert is the whole `Subscription`
-//! keyed by its id, a delete is a tombstone (the key with no value).
+//! keyed by its id, a delete is a tombstone (the key with no value). A typed front-end of an
+//! [`Outbox`]: bounded writes ([`Outbox::try_write`]), since every caller answers someone or
+//! tries again itself.
 //!
 //! The writer does not decide whether a write wins — the fold does, in every view, in log order
 //! (see `dispatch_core::subscriptions`). It returns the offset of the record so the caller can
@@ -9,37 +11,32 @@
 use dispatch_core::subscriptions::{Rejection, check_record};
 use dispatch_proto::dispatch::v1::Subscription;
 use dispatch_proto::prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 
-use crate::topics::TopicNames;
+use crate::outbox::{Outbox, OutboxRecord, Writer};
 use crate::{Error, KafkaConfig, Result};
 
 /// The only partition of `dispatch.subscriptions`, the one every view reads.
 const PARTITION: i32 = 0;
 
 /// Writes subscription records and tombstones, acknowledged by every in-sync replica.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SubscriptionWriter {
-    producer: FutureProducer,
+    outbox: Outbox,
     topic: String,
 }
 
-impl std::fmt::Debug for SubscriptionWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubscriptionWriter")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SubscriptionWriter {
-    /// A writer on an idempotent `acks=all` producer (no request is made yet).
+    /// A writer on an outbox of its own, counted as the admin API's (no request is made yet).
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        Ok(SubscriptionWriter {
-            producer: config.reliable_producer()?,
-            topic: TopicNames::new(config.topic_prefix.clone()).subscriptions(),
-        })
+        Ok(Self::with_outbox(Outbox::new(config, Writer::Api)?))
+    }
+
+    /// A writer through `outbox` (shared with the role's other writes).
+    pub fn with_outbox(outbox: Outbox) -> Self {
+        SubscriptionWriter {
+            topic: outbox.topic_names().subscriptions(),
+            outbox,
+        }
     }
 
     /// The topic written to.
@@ -53,10 +50,12 @@ impl SubscriptionWriter {
     /// A record every view would refuse on its own (no id or account, version 0, an invalid
     /// pattern) is not written: [`Error::InvalidSubscription`]. Such a record could otherwise
     /// become the last of its key and hide the subscription from views built after compaction.
+    /// A write Kafka did not take is [`Error::Write`].
     pub async fn put(&self, subscription: &Subscription) -> Result<i64> {
         check_record(&subscription.id, subscription).map_err(Error::InvalidSubscription)?;
-        let payload = subscription.encode_to_vec();
-        self.send(&subscription.id, Some(&payload)).await
+        let record =
+            OutboxRecord::whole(&self.topic, &subscription.id, subscription.encode_to_vec());
+        self.send(record).await
     }
 
     /// Writes a tombstone for subscription `id` and returns its offset once acknowledged.
@@ -66,28 +65,13 @@ impl SubscriptionWriter {
                 key: String::new(),
             }));
         }
-        self.send(id, None).await
+        self.send(OutboxRecord::tombstone(&self.topic, id)).await
     }
 
-    async fn send(&self, key: &str, payload: Option<&[u8]>) -> Result<i64> {
+    async fn send(&self, record: OutboxRecord<'_>) -> Result<i64> {
         // The partition is set rather than left to the key hash: views read partition 0 only,
         // and a topic that someone gave more partitions must not scatter records out of sight.
-        let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
-            .key(key)
-            .partition(PARTITION);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        // Timeout::Never only concerns waiting for room in the local queue; the producer's
-        // `message.timeout.ms` bounds how long delivery may take.
-        let delivery =
-            self.producer
-                .send(record, Timeout::Never)
-                .await
-                .map_err(|(source, _)| Error::Request {
-                    operation: "produce subscription record",
-                    source,
-                })?;
-        Ok(delivery.offset)
+        let written = self.outbox.try_write(record.partition(PARTITION)).await?;
+        Ok(written.offset)
     }
 }

@@ -6,37 +6,35 @@
 //! letter by its delivery id (compaction keeps one entry per delivery). The partitioner is the
 //! one every client of the process gets from the same `[kafka]` settings, so a task lands on the
 //! partition the fan-out would have chosen.
+//!
+//! A typed front-end of an [`Outbox`]: bounded writes ([`Outbox::try_write`]), since every
+//! caller answers an API request.
 
 use dispatch_proto::dispatch::v1::DeliveryTask;
-use dispatch_proto::prost::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 
+use crate::outbox::{Outbox, OutboxRecord, Writer};
 use crate::topics::TopicNames;
 use crate::{Error, KafkaConfig, Result};
 
 /// Writes delivery tasks and dead-letter tombstones, acknowledged by every in-sync replica.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TaskProducer {
-    producer: FutureProducer,
+    outbox: Outbox,
     names: TopicNames,
 }
 
-impl std::fmt::Debug for TaskProducer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskProducer")
-            .field("names", &self.names)
-            .finish_non_exhaustive()
-    }
-}
-
 impl TaskProducer {
-    /// A producer on an idempotent `acks=all` client (no request is made yet).
+    /// A producer on an outbox of its own, counted as the admin API's (no request is made yet).
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        Ok(TaskProducer {
-            producer: config.reliable_producer()?,
-            names: TopicNames::new(config.topic_prefix.clone()),
-        })
+        Ok(Self::with_outbox(Outbox::new(config, Writer::Api)?))
+    }
+
+    /// A producer through `outbox` (shared with the role's other writes).
+    pub fn with_outbox(outbox: Outbox) -> Self {
+        TaskProducer {
+            names: outbox.topic_names(),
+            outbox,
+        }
     }
 
     /// The topic names under the configured prefix (`deliveries()`, `lane(..)` for
@@ -46,9 +44,10 @@ impl TaskProducer {
     }
 
     /// Writes `task` to `topic` (a full name: `dispatch.deliveries` or a lane, prefix included)
-    /// keyed by its subscription id, and returns `(partition, offset)` once acknowledged.
+    /// keyed by its subscription id, and returns `(partition, offset)` once acknowledged; a task
+    /// too large for the topic loses attempt summaries as the sender's would, never its body.
     /// A task without a delivery or subscription id is refused ([`Error::InvalidRecord`]): the
-    /// sender could neither route nor record it.
+    /// sender could neither route nor record it. A write Kafka did not take is [`Error::Write`].
     pub async fn send_task(&self, topic: &str, task: &DeliveryTask) -> Result<(i32, i64)> {
         if task.subscription_id.is_empty() {
             return Err(Error::InvalidRecord(
@@ -60,13 +59,11 @@ impl TaskProducer {
                 "a delivery task needs a delivery id".to_owned(),
             ));
         }
-        let payload = task.encode_to_vec();
-        self.send(
+        self.send(OutboxRecord::capped(
             topic,
             &task.subscription_id,
-            Some(&payload),
-            "produce delivery task",
-        )
+            task.clone(),
+        ))
         .await
     }
 
@@ -81,29 +78,13 @@ impl TaskProducer {
             ));
         }
         let topic = self.names.dlq();
-        self.send(&topic, delivery_id, None, "produce dead-letter tombstone")
+        self.send(OutboxRecord::tombstone(&topic, delivery_id))
             .await
     }
 
-    async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: Option<&[u8]>,
-        operation: &'static str,
-    ) -> Result<(i32, i64)> {
-        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        // Timeout::Never only concerns waiting for room in the local queue; the producer's
-        // `message.timeout.ms` bounds how long delivery may take.
-        let delivery = self
-            .producer
-            .send(record, Timeout::Never)
-            .await
-            .map_err(|(source, _)| Error::Request { operation, source })?;
-        Ok((delivery.partition, delivery.offset))
+    async fn send(&self, record: OutboxRecord<'_>) -> Result<(i32, i64)> {
+        let written = self.outbox.try_write(record).await?;
+        Ok((written.partition, written.offset))
     }
 }
 

@@ -1,15 +1,21 @@
-//! A reader thread that folds every partition of one topic into an in-memory value — the admin
-//! API's delivery history (`dispatch.attempts`) and dead letters (`dispatch.dlq`) — and the two
-//! ready-made folds for them, [`AttemptFold`] and [`DeadLetterFold`].
+//! A reader thread that folds every partition of one topic into an in-memory value — the
+//! subscriptions every role works from (`crate::subscription_view`), the admin API's delivery
+//! history (`dispatch.attempts`) and dead letters (`dispatch.dlq`) — and the two ready-made
+//! folds for the latter, [`AttemptFold`] and [`DeadLetterFold`].
 //!
 //! # Reading
-//! Like the subscription view (`crate::subscription_view`, whose shape this follows), the topic
-//! is read with no consumer group: every process needs every record, and nothing is committed
-//! because the value is rebuilt on every start. Every partition that exists at start is assigned
+//! The topic is read with no consumer group: every process needs every record, and nothing is
+//! committed because the value is rebuilt on every start. Every partition that exists at start is assigned
 //! by hand (partitions added later are not read until a restart); a fixed `group.id` satisfies
 //! librdkafka and is never joined. Only committed records are read
 //! (`isolation.level=read_committed`). A dedicated thread polls a `BaseConsumer` and applies
-//! each record under a `std::sync::RwLock`; the tokio side is a `watch` channel of progress.
+//! each record under a `std::sync::RwLock`; the tokio side is a `watch` channel of progress. A
+//! thread rather than a tokio task: `poll` blocks, and neither it nor the fold should occupy an
+//! async worker; the `watch` channel needs no runtime to send, so the fold works under any
+//! runtime (or none).
+//!
+//! A consumer that has known no broker for the stuck bound (librdkafka#5301) is replaced by a
+//! fresh one assigned where the fold stands (`crate::group_health::renew_blind_reader`).
 //!
 //! [`StartAt::Since`] starts each partition at the first record whose timestamp is within the
 //! window (`offsets_for_times`); a partition with nothing that new starts at its end. A log
@@ -26,10 +32,15 @@
 //! What a record means is the fold's business: [`RecordFold::apply`] cannot fail. The
 //! ready-made folds log and count a record they cannot read
 //! ([`FOLD_RECORDS_INVALID_TOTAL`]) and go on; one bad record must not stop the reader.
+//!
+//! # Metrics
+//! Every fold's lag per partition on `dispatch_kafka_consumer_lag_records{group="reader:<topic>"}`
+//! (from librdkafka's statistics); a fold started with [`FoldOptions::lag_gauge`] also keeps its
+//! total lag on a gauge of its own, fresh after every record.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,11 +67,24 @@ use crate::{Error, KafkaConfig, Result};
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Required by librdkafka's configuration, never joined: partitions are assigned by hand.
 const UNUSED_GROUP_ID: &str = "dispatch-topic-fold";
+/// `statistics.interval.ms` of a fold with a lag gauge of its own: how fresh its watermark is.
+const LAG_GAUGE_STATISTICS_INTERVAL_MS: &str = "1000";
+
 /// A value built from the records of a topic, one record at a time, in each partition's order
 /// (records of different partitions interleave in no particular order).
 pub trait RecordFold: Send + Sync + 'static {
     /// Folds the record at `offset` of `partition`. `payload` is `None` for a tombstone.
     fn apply(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>);
+}
+
+/// What a fold reports besides its value; [`TopicFold::start`] takes the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FoldOptions {
+    /// A gauge (no labels) set to the fold's total lag — records below the partitions' high
+    /// watermarks not applied yet — after every record, and whenever librdkafka's statistics
+    /// (then every second) bring a newer watermark. A process is expected to run one fold per
+    /// such gauge; several (as in tests) share it.
+    pub lag_gauge: Option<&'static str>,
 }
 
 /// Where the reader starts in each partition.
@@ -95,6 +119,46 @@ struct Shared<F> {
     stop: AtomicBool,
 }
 
+/// A fold's total lag on a gauge of its own ([`FoldOptions::lag_gauge`]).
+#[derive(Debug)]
+struct LagGauge {
+    name: &'static str,
+    /// Per partition: the newest high watermark known, and the next offset to apply.
+    partitions: Mutex<Vec<(i64, i64)>>,
+}
+
+impl LagGauge {
+    fn new(name: &'static str) -> Self {
+        LagGauge {
+            name,
+            partitions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sets `partition`'s high watermark and/or next offset, and the gauge.
+    fn update(&self, partition: i32, high_watermark: Option<i64>, next_offset: Option<i64>) {
+        let Ok(index) = usize::try_from(partition) else {
+            return;
+        };
+        let mut partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if partitions.len() <= index {
+            partitions.resize(index + 1, (0, 0));
+        }
+        let (high, next) = &mut partitions[index];
+        *high = high_watermark.unwrap_or(*high);
+        *next = next_offset.unwrap_or(*next);
+        // The watermark is refreshed with the statistics only, so the reader can be ahead.
+        let lag: i64 = partitions
+            .iter()
+            .map(|(high, next)| (high - next).max(0))
+            .sum();
+        metrics::gauge!(self.name).set(lag as f64);
+    }
+}
+
 /// The consumer's context: keeps the end of a partition (how the reader learns it caught up)
 /// out of the error log.
 struct FoldContext {
@@ -105,6 +169,8 @@ struct FoldContext {
     lag_group: String,
     /// Whether the client still knows a broker (see [`renew_blind_reader`]).
     brokers: BrokerWatch,
+    /// The fold's own lag gauge, if it has one.
+    lag: Option<Arc<LagGauge>>,
 }
 
 impl FoldContext {
@@ -115,6 +181,7 @@ impl FoldContext {
             topic_prefix: self.topic_prefix.clone(),
             lag_group: self.lag_group.clone(),
             brokers: BrokerWatch::default(),
+            lag: self.lag.clone(),
         }
     }
 }
@@ -140,6 +207,16 @@ impl ClientContext for FoldContext {
             crate::lag::LagBasis::Position,
             &statistics,
         );
+        if let Some(lag) = &self.lag
+            && let Some(topic) = statistics.topics.get(&self.topic)
+        {
+            for (partition, stats) in &topic.partitions {
+                // librdkafka reports -1 until it has fetched once; partition -1 is its own.
+                if *partition >= 0 && stats.hi_offset >= 0 {
+                    lag.update(*partition, Some(stats.hi_offset), None);
+                }
+            }
+        }
     }
 }
 
@@ -176,7 +253,19 @@ impl<F: RecordFold> TopicFold<F> {
     /// This blocks for a few metadata round trips, each bounded by `request_timeout_ms`: call it
     /// while the process starts, or through `spawn_blocking`.
     pub fn start(config: &KafkaConfig, topic: &str, start_at: StartAt, fold: F) -> Result<Self> {
+        Self::start_with(config, topic, start_at, fold, FoldOptions::default())
+    }
+
+    /// As [`TopicFold::start`], reporting as `options` say.
+    pub fn start_with(
+        config: &KafkaConfig,
+        topic: &str,
+        start_at: StartAt,
+        fold: F,
+        options: FoldOptions,
+    ) -> Result<Self> {
         let timeout = config.request_timeout();
+        let lag = options.lag_gauge.map(|name| Arc::new(LagGauge::new(name)));
         let mut client_config = config.client_config();
         client_config
             .set("group.id", UNUSED_GROUP_ID)
@@ -190,7 +279,10 @@ impl<F: RecordFold> TopicFold<F> {
             .set("auto.offset.reset", "earliest")
             .set(
                 "statistics.interval.ms",
-                crate::lag::statistics_interval(config),
+                match lag {
+                    Some(_) => LAG_GAUGE_STATISTICS_INTERVAL_MS,
+                    None => crate::lag::statistics_interval(config),
+                },
             );
         let unprefixed = topic.strip_prefix(&config.topic_prefix).unwrap_or(topic);
         let consumer: BaseConsumer<FoldContext> = client_config
@@ -199,6 +291,7 @@ impl<F: RecordFold> TopicFold<F> {
                 topic_prefix: config.topic_prefix.clone(),
                 lag_group: format!("reader:{unprefixed}"),
                 brokers: BrokerWatch::default(),
+                lag: lag.clone(),
             })
             .map_err(Error::Client)?;
 
@@ -232,6 +325,11 @@ impl<F: RecordFold> TopicFold<F> {
             })?;
 
         let targets: Vec<i64> = watermarks.iter().map(|(_, high)| *high).collect();
+        if let Some(lag) = &lag {
+            for (partition, (target, start)) in targets.iter().zip(&starts).enumerate() {
+                lag.update(partition as i32, Some(*target), Some(*start));
+            }
+        }
         let caught_up: Vec<bool> = starts
             .iter()
             .zip(&targets)
@@ -254,6 +352,7 @@ impl<F: RecordFold> TopicFold<F> {
             blind_bound: stuck_after(config.session_timeout()),
             shared: Arc::clone(&shared),
             targets: targets.clone(),
+            lag,
             started: Instant::now(),
         };
         info!(topic, ?start_at, ?starts, ?targets, "topic fold reading");
@@ -281,6 +380,16 @@ impl<F: RecordFold> TopicFold<F> {
     /// The partitions read: `0..partitions()`.
     pub fn partitions(&self) -> i32 {
         self.targets.len() as i32
+    }
+
+    /// Per partition: the high watermark noted at start, the fold's catch-up target.
+    pub fn caught_up_targets(&self) -> &[i64] {
+        &self.targets
+    }
+
+    /// Per partition: the offset the fold applies next; every record below it was applied.
+    pub fn next_offsets(&self) -> Vec<i64> {
+        self.progress.borrow().next_offsets.clone()
     }
 
     /// Whether every partition has been applied up to its high watermark noted at start.
@@ -504,6 +613,8 @@ struct Reader<F> {
     blind_bound: Duration,
     shared: Arc<Shared<F>>,
     targets: Vec<i64>,
+    /// The fold's own lag gauge, if it has one.
+    lag: Option<Arc<LagGauge>>,
     started: Instant,
 }
 
@@ -630,6 +741,10 @@ impl<F: RecordFold> Reader<F> {
             }
             modified
         });
+        if let Some(lag) = &self.lag {
+            let next_offset = progress.borrow().next_offsets[index];
+            lag.update(partition, None, Some(next_offset));
+        }
         if newly_caught_up {
             info!(
                 topic = %self.shared.topic,
@@ -876,6 +991,24 @@ mod tests {
             recorder.gauge("dispatch_fold_entries{fold=dead_letters}"),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn the_lag_gauge_is_the_watermarks_minus_the_next_offsets_never_negative() {
+        let recorder = TestRecorder::default();
+        let lag = LagGauge::new("dispatch_view_lag_records");
+        metrics::with_local_recorder(&recorder, || {
+            lag.update(0, Some(10), Some(0));
+            lag.update(0, None, Some(4));
+            assert_eq!(recorder.gauge("dispatch_view_lag_records{}"), Some(6.0));
+            lag.update(0, None, Some(12));
+            assert_eq!(recorder.gauge("dispatch_view_lag_records{}"), Some(0.0));
+            // Partitions add up; a newer watermark from the statistics counts at once.
+            lag.update(1, Some(5), Some(2));
+            assert_eq!(recorder.gauge("dispatch_view_lag_records{}"), Some(3.0));
+            lag.update(0, Some(20), None);
+            assert_eq!(recorder.gauge("dispatch_view_lag_records{}"), Some(11.0));
+        });
     }
 
     #[test]

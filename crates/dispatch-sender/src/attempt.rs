@@ -13,6 +13,7 @@ use dispatch_core::request::webhook_request;
 use dispatch_core::retry::RetrySchedule;
 use dispatch_core::timestamp;
 use dispatch_http::{AttemptResponse, WebhookClient, WebhookRequest};
+use dispatch_kafka::outbox::Outbox;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::TopicNames;
 use dispatch_proto::dispatch::v1::{DeliveryTask, Subscription};
@@ -20,7 +21,6 @@ use dispatch_telemetry::names;
 use tracing::{debug, info, warn};
 
 use crate::outbox;
-use crate::writes::{KafkaWrites, classify};
 
 /// Everything an attempt needs, shared by all attempt tasks of a sender.
 #[derive(Clone)]
@@ -29,9 +29,10 @@ pub struct AttemptContext {
     pub client: WebhookClient,
     /// The retry schedule.
     pub schedule: RetrySchedule,
-    /// Every Kafka write of the sender (attempts, retries, dead letters, quarantine): an
-    /// idempotent `acks=all` producer behind classified errors, capping and backoff.
-    pub writes: KafkaWrites,
+    /// Every Kafka write of the sender (attempts, retries, dead letters, quarantine): the
+    /// sender's outbox (`dispatch_kafka::outbox`, `Writer::Sender`), an idempotent `acks=all`
+    /// producer behind classified errors, capping and retries until acknowledged.
+    pub outbox: Outbox,
     /// Topic names.
     pub names: TopicNames,
     /// Writes the disabled state after a 410.
@@ -158,18 +159,8 @@ async fn disable_subscription(ctx: &AttemptContext, subscription: &Subscription,
                 info!(subscription_id = %subscription.id, "subscription disabled after 410 Gone");
                 return;
             }
+            // The outbox counted the failed produce (with its reason) already.
             Err(error) => {
-                let reason = match &error {
-                    dispatch_kafka::Error::Request { source, .. }
-                    | dispatch_kafka::Error::Client(source) => classify(source).reason,
-                    _ => "other",
-                };
-                metrics::counter!(
-                    names::SENDER_PRODUCE_FAILURES_TOTAL,
-                    "topic" => "dispatch.subscriptions",
-                    "reason" => reason,
-                )
-                .increment(1);
                 warn!(%error, subscription_id = %subscription.id, tries, "could not disable the subscription");
                 if matches!(error, dispatch_kafka::Error::InvalidSubscription(_)) {
                     return;

@@ -12,8 +12,10 @@
 //!   retry tiers, back-pressure.
 //! - [`scheduler`] (crate-private): per-endpoint queues, the permits, each account's share,
 //!   round-robin fairness.
-//! - [`outbox`] (crate-private): every Kafka write the sender makes, off the loop; a task's
-//!   source offset is finished once all it led to is acknowledged.
+//! - [`outbox`] (crate-private): every Kafka write the sender makes, off the loop, through
+//!   `dispatch_kafka::outbox` (retried until acknowledged, capped to fit, counted, shown in
+//!   `/readyz` as [`READINESS_COMPONENT`]); a task's source offset is finished once all it led
+//!   to is acknowledged.
 //! - [`attempt`]: one delivery's attempts: sign, POST, classify, plan, write; disable after 410.
 //! - [`not_sent`]: attempts that fall due while the endpoint's circuit is open, recorded as not
 //!   sent and spent like failures so the retry schedule holds.
@@ -21,8 +23,6 @@
 //! - [`endpoint`]: per-subscription queue, in-flight limit, rate limit and circuit breaker.
 //! - [`circuit`]: the per-endpoint circuit breaker (closed, open for a cool-down, one probe).
 //! - [`rate`]: the per-endpoint rate limit (GCRA on the caller's clock).
-//! - [`writes`]: the produce path: errors classified, records capped to fit their topic,
-//!   failing writes retried with backoff, counted and shown in `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod attempt;
@@ -36,7 +36,10 @@ pub(crate) mod outbox;
 pub(crate) mod partitions;
 pub mod rate;
 pub(crate) mod scheduler;
-pub mod writes;
+
+/// The readiness component the sender's Kafka writes report under (a write failing for a while
+/// shows there, naming its topic).
+pub const READINESS_COMPONENT: &str = "sender_writes";
 
 /// What stops the sender.
 #[derive(Debug, thiserror::Error)]

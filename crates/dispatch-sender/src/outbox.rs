@@ -2,7 +2,7 @@
 //! source offset is finished only once everything the task led to is acknowledged by Kafka.
 //!
 //! The writes themselves (classified errors, capping, retries until acknowledged) are
-//! [`crate::writes`]; what to write is decided by the pure plan in `dispatch-core`
+//! `dispatch_kafka::outbox`, the one produce path of every role; what to write is decided by the pure plan in `dispatch-core`
 //! ([`dispatch_core::delivery_plan`], [`dispatch_core::admission`]). Here the plan is carried
 //! out: an attempt's record and its retry task or dead letter ([`write_attempt`]), a skipped
 //! task's record, a disabled subscription's dead letter, a deferral, a quarantined record — and
@@ -15,6 +15,7 @@ use std::future::Future;
 use std::time::SystemTime;
 
 use dispatch_core::delivery_plan::{self, AttemptPlan, Decision, Deferred, Next};
+use dispatch_kafka::outbox::OutboxRecord;
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_proto::dispatch::v1::{DeadLetter, DeliveryTask, Subscription};
 use dispatch_telemetry::names;
@@ -49,16 +50,22 @@ pub(crate) async fn write_attempt(ctx: &AttemptContext, plan: AttemptPlan) -> Ne
     } = plan;
     let attempts_topic = ctx.names.attempts();
     let key = record.subscription_id.clone();
-    let attempt_sent = ctx.writes.write_record(&attempts_topic, &key, record);
+    let attempt_sent = ctx
+        .outbox
+        .write(OutboxRecord::capped(&attempts_topic, &key, record));
     match (&decision, &next) {
-        (_, Next::Delivered) => attempt_sent.await,
+        (_, Next::Delivered) => {
+            attempt_sent.await;
+        }
         (_, Next::AgainNow(_)) => {
             attempt_sent.await;
             metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => "immediate").increment(1);
         }
         (_, Next::Park { tier, task }) => {
             let tier_topic = ctx.names.retry_tier(tier);
-            let retry_sent = ctx.writes.write_record(&tier_topic, &key, task.clone());
+            let retry_sent =
+                ctx.outbox
+                    .write(OutboxRecord::capped(&tier_topic, &key, task.clone()));
             tokio::join!(attempt_sent, retry_sent);
             metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier.clone()).increment(1);
         }
@@ -80,8 +87,8 @@ pub(crate) async fn write_dead_letter(ctx: &AttemptContext, letter: DeadLetter) 
         .as_ref()
         .map(|task| task.delivery_id.clone())
         .unwrap_or_default();
-    ctx.writes
-        .write_record(&ctx.names.dlq(), &key, letter)
+    ctx.outbox
+        .write(OutboxRecord::capped(&ctx.names.dlq(), &key, letter))
         .await;
     metrics::counter!(names::SENDER_DEAD_LETTERED_TOTAL).increment(1);
 }
@@ -89,8 +96,12 @@ pub(crate) async fn write_dead_letter(ctx: &AttemptContext, letter: DeadLetter) 
 /// Writes the attempt record of a task not attempted because its subscription was `reason`.
 pub(crate) async fn write_skipped(ctx: &AttemptContext, task: &DeliveryTask, reason: &str) {
     let record = delivery_plan::skipped_record(task, reason, SystemTime::now());
-    ctx.writes
-        .write_record(&ctx.names.attempts(), &task.subscription_id, record)
+    ctx.outbox
+        .write(OutboxRecord::capped(
+            &ctx.names.attempts(),
+            &task.subscription_id,
+            record,
+        ))
         .await;
 }
 
@@ -161,7 +172,9 @@ impl Outbox {
             match deferred {
                 Deferred::Park(task) => {
                     let key = task.subscription_id.clone();
-                    ctx.writes.write_record(&tier_topic, &key, task).await;
+                    ctx.outbox
+                        .write(OutboxRecord::capped(&tier_topic, &key, task))
+                        .await;
                 }
                 Deferred::DeadLetter(letter) => write_dead_letter(&ctx, letter).await,
             }
@@ -201,13 +214,13 @@ impl Outbox {
                 },
                 None,
             );
-            ctx.writes
-                .write_quarantined(
+            ctx.outbox
+                .write(OutboxRecord::quarantined(
                     &ctx.names.invalid(),
                     invalid.key.as_deref(),
                     invalid.value.as_deref(),
                     headers,
-                )
+                ))
                 .await;
             offsets.finish(&invalid.topic, invalid.partition, invalid.offset);
         });

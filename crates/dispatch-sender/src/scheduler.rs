@@ -371,7 +371,10 @@ impl Scheduler {
     /// Returns what waited on the endpoint if its circuit opened: it falls due now, with the
     /// circuit open.
     pub(crate) fn completed(&mut self, completion: Completion, now: Instant) -> Vec<Pending> {
-        let Place { endpoint: id, account } = completion.place;
+        let Place {
+            endpoint: id,
+            account,
+        } = completion.place;
         if let Some(account) = self.accounts.get_mut(account as usize) {
             account.in_flight = account.in_flight.saturating_sub(1);
             // Below its share again: its waiting endpoints get their turn.
@@ -540,7 +543,10 @@ fn circuit_moved(
             "reopen"
         }
         CircuitTransition::Closed => {
-            info!(subscription_id, account_id, "circuit closed: the probe succeeded");
+            info!(
+                subscription_id,
+                account_id, "circuit closed: the probe succeeded"
+            );
             "closed"
         }
     };
@@ -609,7 +615,11 @@ mod tests {
         let mut starts = scheduler.next_attempts(now);
         let mut accounts = accounts_of(&starts);
         accounts.sort();
-        assert_eq!(accounts, ["acc_a", "acc_b"], "one each, not two of the first");
+        assert_eq!(
+            accounts,
+            ["acc_a", "acc_b"],
+            "one each, not two of the first"
+        );
         // A completion frees a permit for the other account's next turn.
         let first = starts.remove(0);
         drop(first.permit);
@@ -620,7 +630,11 @@ mod tests {
             },
             now,
         );
-        assert_eq!(scheduler.next_attempts(now).len(), 1, "the freed permit is used");
+        assert_eq!(
+            scheduler.next_attempts(now).len(),
+            1,
+            "the freed permit is used"
+        );
     }
 
     #[test]
@@ -633,8 +647,15 @@ mod tests {
         queue(&mut scheduler, &a1, 5, now);
         queue(&mut scheduler, &a2, 5, now);
         let mut starts = scheduler.next_attempts(now);
-        assert_eq!(accounts_of(&starts), ["acc_a", "acc_a"], "capped at its share");
-        assert!(scheduler.next_attempts(now).is_empty(), "still at its share");
+        assert_eq!(
+            accounts_of(&starts),
+            ["acc_a", "acc_a"],
+            "capped at its share"
+        );
+        assert!(
+            scheduler.next_attempts(now).is_empty(),
+            "still at its share"
+        );
         let done = starts.pop().expect("a start");
         drop(done.permit);
         scheduler.completed(
@@ -644,7 +665,11 @@ mod tests {
             },
             now,
         );
-        assert_eq!(scheduler.next_attempts(now).len(), 1, "its completion lets one more go");
+        assert_eq!(
+            scheduler.next_attempts(now).len(),
+            1,
+            "its completion lets one more go"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -661,7 +686,10 @@ mod tests {
             "{:?}",
             wake - now
         );
-        assert!(scheduler.next_attempts(now).is_empty(), "not before its slot");
+        assert!(
+            scheduler.next_attempts(now).is_empty(),
+            "not before its slot"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
             scheduler.next_attempts(Instant::now()).len(),

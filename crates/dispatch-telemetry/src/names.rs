@@ -86,6 +86,10 @@ pub const FOLD_ENTRIES_EVICTED_TOTAL: &str = "dispatch_fold_entries_evicted_tota
 pub const API_REQUEST_DURATION_SECONDS: &str = "dispatch_api_request_duration_seconds";
 /// Counter: dead letters replayed through the admin API (a new attempt series queued, the entry removed).
 pub const API_DEAD_LETTERS_REPLAYED_TOTAL: &str = "dispatch_api_dead_letters_replayed_total";
+/// Counter, labels `topic`, `reason` (topic without prefix): failed produces of the admin API's records (subscriptions, test events, replays, dead-letter tombstones); retried while the request's bound allows, then answered as an error.
+pub const API_PRODUCE_FAILURES_TOTAL: &str = "dispatch_api_produce_failures_total";
+/// Counter: the admin API's write producer replaced after it knew no broker of the cluster too long.
+pub const API_PRODUCER_REPLACED_TOTAL: &str = "dispatch_api_producer_replaced_total";
 
 // --- Kafka clients (every role) -----------------------------------------------------------------
 
@@ -363,11 +367,25 @@ pub const CATALOGUE: &[MetricSpec] = &[
         help: "Dead letters replayed through the admin API (a new attempt series queued, the entry removed).",
     },
     MetricSpec {
+        name: API_PRODUCE_FAILURES_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "records",
+        labels: &["topic", "reason"],
+        help: "Failed produces of the admin API's records (subscriptions, test events, replays, dead-letter tombstones), retried while the request's bound allows and then answered as an error.",
+    },
+    MetricSpec {
+        name: API_PRODUCER_REPLACED_TOTAL,
+        kind: MetricKind::Counter,
+        unit: "producers",
+        labels: &[],
+        help: "The admin API's write producer replaced after it knew no broker of the cluster for the stuck bound (librdkafka#5301), its pending writes made again through the new one.",
+    },
+    MetricSpec {
         name: KAFKA_CONSUMER_LAG_RECORDS,
         kind: MetricKind::Gauge,
         unit: "records",
         labels: &["group", "topic", "partition"],
-        help: "Consumer lag per partition, from librdkafka statistics: the roles' consumer groups, and the admin API's topic readers (group `reader:<topic>`).",
+        help: "Consumer lag per partition, from librdkafka statistics: the roles' consumer groups, and the topic readers outside any group (group `reader:<topic>`: the admin API's folds, every process's subscription view).",
     },
     MetricSpec {
         name: KAFKA_CONSUMER_REJOINS_TOTAL,

@@ -13,12 +13,12 @@ use dispatch_core::catalog::Family;
 use dispatch_fanout::Fanout;
 use dispatch_http::WebhookClient;
 use dispatch_kafka::admin::TopicAdmin;
+use dispatch_kafka::outbox::{Outbox, Writer};
 use dispatch_kafka::subscription_view::SubscriptionView;
 use dispatch_kafka::subscription_writer::SubscriptionWriter;
 use dispatch_kafka::topics::{TopicNames, topic_specs};
 use dispatch_sender::attempt::AttemptContext;
 use dispatch_sender::engine::Engine;
-use dispatch_sender::writes::{self, KafkaWrites};
 use dispatch_telemetry::Health;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -210,15 +210,21 @@ async fn build_fanout(config: &ValidConfig, foundation: &Foundation) -> anyhow::
 /// Builds the delivery engine on the process's view.
 fn build_sender(config: &ValidConfig, foundation: &Foundation) -> anyhow::Result<RoleRun> {
     let kafka = &config.config.kafka;
-    let writes = KafkaWrites::new(kafka).context("sender's producer")?;
+    let outbox = Outbox::new(kafka, Writer::Sender).context("sender's producer")?;
     // Not ready while a write keeps failing: its delivery's source offset stays unfinished.
-    writes.report_readiness(foundation.health.component(writes::READINESS_COMPONENT));
+    outbox.report_readiness(
+        foundation
+            .health
+            .component(dispatch_sender::READINESS_COMPONENT),
+    );
+    // The disable-after-410 write goes through the sender's own outbox.
+    let subscriptions = Arc::new(SubscriptionWriter::with_outbox(outbox.clone()));
     let ctx = AttemptContext {
         client: WebhookClient::new(&config.config.http).context("webhook client")?,
         schedule: config.retry.clone(),
-        writes,
+        outbox,
         names: TopicNames::new(kafka.topic_prefix.clone()),
-        subscriptions: Arc::new(SubscriptionWriter::new(kafka)?),
+        subscriptions,
     };
     let engine = Engine::build(
         kafka,

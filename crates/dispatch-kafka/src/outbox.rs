@@ -1,28 +1,54 @@
-//! The sender's Kafka writes (attempt records, retry-tier tasks, dead letters, quarantined
-//! records): every produce error classified in one place, records that are too large for their
-//! topic capped until they fit (and marked), everything else retried with backoff — never
-//! dropped — while a `/readyz` component and `dispatch_sender_produce_failures_total` show it.
+//! One outbox for every Kafka write of every role — the sender's attempt records, retry tasks,
+//! dead letters and quarantined records, the admin API's subscription records, replays, test
+//! events and dead-letter tombstones, `dispatchd publish`'s events: one producer path, one
+//! place that classifies produce errors ([`classify`]), one retry policy, capping, readiness and
+//! the replacement of a producer that knows no broker.
 //!
-//! A write that cannot succeed keeps its delivery's source offset unfinished (the caller
-//! finishes it only after the write returns), so a partition's commit position is *pinned*
-//! behind it until it goes through. That is the safe direction — a stuck write delays, it
-//! never loses — and the reason it must be visible rather than silent.
+//! # Two ways to write
+//! - [`Outbox::write`] retries until Kafka acknowledges the record, never dropping it: for the
+//!   sender, whose caller finishes a delivery's source offset only after the write returned, so
+//!   a write that cannot succeed *pins* its partition's commit position behind it. That is the
+//!   safe direction — a stuck write delays, it never loses — and the reason it must be visible
+//!   rather than silent: each failure is counted, and a `/readyz` component
+//!   ([`Outbox::report_readiness`]) is not ready while any write keeps failing.
+//! - [`Outbox::try_write`] is bounded for callers that answer someone (an API request, a CLI):
+//!   it gives up with the classified error ([`WriteError`]) once an operator is needed, capping
+//!   cannot help, or the `kafka.request_timeout_ms` it may take has passed.
 //!
-//! What can be fixed from here is fixed: `message too large` learns the topic's
-//! `max.message.bytes` (or, failing that, halves the budget) and caps the record's unbounded
-//! fields — response excerpt, error strings, attempt summaries — never the webhook body, which
-//! a replay needs whole; an `invalid record` is capped to the minimum once. What needs an
-//! operator (a missing topic, a denied ACL) or passes by itself (timeouts, leader changes) is
-//! retried with exponential backoff.
+//! Both return where the record landed ([`Written`]): the admin API waits for its subscription
+//! view to apply that offset.
+//!
+//! # What is fixed from here
+//! `message too large` learns the topic's `max.message.bytes` (or, failing that, halves the
+//! budget) and caps the record's unbounded fields ([`Cappable`]) — response excerpt, error
+//! strings, attempt summaries — never a webhook body, which a replay needs whole; an
+//! `invalid record` is capped to the minimum once. A capped record says so in its
+//! [`HEADER_TRUNCATED`] header. What needs an operator (a missing topic, a denied ACL) or passes
+//! by itself (timeouts, leader changes) is retried with exponential backoff.
+//!
+//! # The producer
+//! Idempotent and `acks=all` ([`KafkaConfig::watched_reliable_producer`]). A task checks every
+//! second whether it still knows a broker: librdkafka 2.12 can leave a producer knowing none
+//! after a stalled broker resumed (librdkafka#5301), and then every write fails until the
+//! process restarts (a broker-freeze test run: 840 of 940 webhooks undelivered while the
+//! sender's writes waited). After the stuck bound the producer is replaced, and what waited in
+//! the old one is purged so its writes are made again through the new one.
+//!
+//! # Metrics
+//! Per [`Writer`]: the sender's failures and replacements under
+//! `dispatch_sender_produce_failures_total{topic,reason}` and
+//! `dispatch_sender_producer_replaced_total`, the admin API's under `dispatch_api_…`; a one-shot
+//! tool (`dispatchd publish`) exports none and is told through its errors.
+//!
+//! # Not here
+//! The fan-out's transactional producer (`dispatch-fanout`): a transaction commits its tasks
+//! together with the consumed offsets, or aborts them all — a different protocol, with its own
+//! fencing and abort handling, that a record-at-a-time outbox must not hide.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use dispatch_kafka::KafkaConfig;
-use dispatch_kafka::admin::TopicAdmin;
-use dispatch_kafka::client::WatchedProducer;
-use dispatch_kafka::group_health::{retire, stuck_after};
 use dispatch_proto::dispatch::v1::next_action::Action;
 use dispatch_proto::dispatch::v1::{AttemptRecord, AttemptSummary, DeadLetter, DeliveryTask};
 use dispatch_proto::prost::Message;
@@ -33,6 +59,12 @@ use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use tokio::time::Instant;
 use tracing::{info, warn};
+
+use crate::KafkaConfig;
+use crate::admin::TopicAdmin;
+use crate::client::WatchedProducer;
+use crate::group_health::{retire, stuck_after};
+use crate::topics::TopicNames;
 
 /// Header on a record that was capped to fit its topic: the fields that were cut, comma
 /// separated (`response_excerpt,error`, `value` for a quarantined record's bytes).
@@ -62,9 +94,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the producer is checked for knowing no broker.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The readiness component the sender's writes report under.
-pub const READINESS_COMPONENT: &str = "sender_writes";
-
 /// What a produce error means for the record that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProduceErrorClass {
@@ -84,7 +113,7 @@ pub enum ProduceErrorClass {
 pub struct ProduceFailure {
     /// What to do about it.
     pub class: ProduceErrorClass,
-    /// Label value of `dispatch_sender_produce_failures_total{reason}`.
+    /// The bounded `reason` label the failure is counted under.
     pub reason: &'static str,
 }
 
@@ -206,7 +235,7 @@ fn cap_summaries(
     }
 }
 
-/// A record the sender owes, whose unbounded fields can be cut to fit a topic.
+/// A record whose unbounded fields can be cut to fit a topic.
 pub trait Cappable: Message + Clone {
     /// Cuts unbounded fields until the encoded record is at most `budget_bytes` (or nothing is
     /// left to cut); returns the names of the fields cut, empty when it already fit.
@@ -302,23 +331,195 @@ pub fn cap_bytes(value: &mut Vec<u8>, budget_bytes: usize) -> Vec<&'static str> 
     vec!["value"]
 }
 
-/// The sender's producer and what it learned about its writes: value budgets per topic, the
-/// writes that are failing now, and the readiness component that shows them. Cheap to clone.
-#[derive(Clone)]
-pub struct KafkaWrites {
-    inner: Arc<WritesInner>,
+/// Which role writes through an outbox: names its metrics and its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// The sender: `dispatch_sender_produce_failures_total`,
+    /// `dispatch_sender_producer_replaced_total`.
+    Sender,
+    /// The admin API: `dispatch_api_produce_failures_total`,
+    /// `dispatch_api_producer_replaced_total`.
+    Api,
+    /// A one-shot tool (`dispatchd publish`, the benchmark's set-up, tests): no metrics
+    /// endpoint to count on, so nothing is counted; its errors tell.
+    Tool,
 }
 
-struct WritesInner {
-    /// Replaced when librdkafka left it knowing no broker (see [`KafkaWrites::new`]); each
+impl Writer {
+    /// The name in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Writer::Sender => "sender",
+            Writer::Api => "api",
+            Writer::Tool => "tool",
+        }
+    }
+
+    fn failures_metric(self) -> Option<&'static str> {
+        match self {
+            Writer::Sender => Some(names::SENDER_PRODUCE_FAILURES_TOTAL),
+            Writer::Api => Some(names::API_PRODUCE_FAILURES_TOTAL),
+            Writer::Tool => None,
+        }
+    }
+
+    fn replaced_metric(self) -> Option<&'static str> {
+        match self {
+            Writer::Sender => Some(names::SENDER_PRODUCER_REPLACED_TOTAL),
+            Writer::Api => Some(names::API_PRODUCER_REPLACED_TOTAL),
+            Writer::Tool => None,
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+/// A write [`Outbox::try_write`] gave up on; nothing may be assumed written.
+#[derive(Debug, thiserror::Error)]
+#[error("write to {topic} failed ({}): {source}", .failure.reason)]
+pub struct WriteError {
+    /// The topic (full name).
+    pub topic: String,
+    /// What the last error means.
+    pub failure: ProduceFailure,
+    /// The last error.
+    #[source]
+    pub source: KafkaError,
+}
+
+/// The encoded value for a budget, and the fields cut to get there.
+type Encoded = (Option<Vec<u8>>, Vec<&'static str>);
+
+/// A record's value, as the write loop needs it.
+enum Value<'a> {
+    /// A tombstone: no value at all.
+    Tombstone,
+    /// Bytes that go whole or not at all (an event, a subscription, an already encoded record).
+    Whole(Vec<u8>),
+    /// Raw bytes cut to the budget when too large (a quarantined record's value).
+    Cuttable(&'a [u8]),
+    /// A message capped to the budget ([`Cappable`]).
+    Capped(Box<dyn Fn(usize) -> Encoded + Send + Sync + 'a>),
+}
+
+impl Value<'_> {
+    fn cappable(&self) -> bool {
+        matches!(self, Value::Cuttable(_) | Value::Capped(_))
+    }
+
+    fn encode(&self, budget_bytes: usize) -> Encoded {
+        match self {
+            Value::Tombstone => (None, Vec::new()),
+            Value::Whole(bytes) => (Some(bytes.clone()), Vec::new()),
+            Value::Cuttable(bytes) => {
+                let mut bytes = bytes.to_vec();
+                let cut_fields = cap_bytes(&mut bytes, budget_bytes);
+                (Some(bytes), cut_fields)
+            }
+            Value::Capped(encode) => encode(budget_bytes),
+        }
+    }
+}
+
+/// One record for [`Outbox::write`] or [`Outbox::try_write`]: topic (full name), key, value,
+/// and optionally headers and a partition (else the key's hash picks it).
+pub struct OutboxRecord<'a> {
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    partition: Option<i32>,
+    headers: Option<OwnedHeaders>,
+    value: Value<'a>,
+}
+
+impl std::fmt::Debug for OutboxRecord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRecord")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> OutboxRecord<'a> {
+    fn new(topic: &'a str, key: Option<&'a [u8]>, value: Value<'a>) -> Self {
+        OutboxRecord {
+            topic,
+            key,
+            partition: None,
+            headers: None,
+            value,
+        }
+    }
+
+    /// `record`, capped to fit the topic if it refuses it as too large (and marked).
+    pub fn capped<K, R>(topic: &'a str, key: &'a K, record: R) -> Self
+    where
+        K: AsRef<[u8]> + ?Sized,
+        R: Cappable + 'a,
+    {
+        let encode = move |budget_bytes: usize| {
+            let mut capped = record.clone();
+            let cut_fields = capped.cap_to(budget_bytes);
+            (Some(capped.encode_to_vec()), cut_fields)
+        };
+        Self::new(topic, Some(key.as_ref()), Value::Capped(Box::new(encode)))
+    }
+
+    /// `value` whole: nothing of it may be cut (an event, a subscription, encoded bytes). A
+    /// refusal as too large is not fixed from here.
+    pub fn whole<K: AsRef<[u8]> + ?Sized>(topic: &'a str, key: &'a K, value: Vec<u8>) -> Self {
+        Self::new(topic, Some(key.as_ref()), Value::Whole(value))
+    }
+
+    /// A tombstone for `key`: compaction removes the key, readers forget it.
+    pub fn tombstone<K: AsRef<[u8]> + ?Sized>(topic: &'a str, key: &'a K) -> Self {
+        Self::new(topic, Some(key.as_ref()), Value::Tombstone)
+    }
+
+    /// A quarantined record (its headers say why and where from): its value is cut to fit the
+    /// topic if needed (an absent value is written empty).
+    pub fn quarantined(
+        topic: &'a str,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+        headers: OwnedHeaders,
+    ) -> Self {
+        let mut record = Self::new(topic, key, Value::Cuttable(value.unwrap_or_default()));
+        record.headers = Some(headers);
+        record
+    }
+
+    /// Writes to `partition` rather than where the key's hash would.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+}
+
+/// A Kafka producer and what it learned about its writes: value budgets per topic, the writes
+/// failing now, and the readiness component that shows them (see the module documentation).
+/// Cheap to clone: clones share all of it.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<OutboxInner>,
+}
+
+struct OutboxInner {
+    writer: Writer,
+    /// Replaced when librdkafka left it knowing no broker (see the module documentation); each
     /// write takes the current one.
     producer: RwLock<Arc<WatchedProducer>>,
     /// What a replacement producer is made from.
     kafka: KafkaConfig,
     /// Asks a topic's `max.message.bytes` after a record was refused as too large.
-    admin: Option<TopicAdmin>,
-    /// The topic prefix, left out of metric labels.
-    topic_prefix: String,
+    admin: TopicAdmin,
     /// Value budgets learned per topic (full name).
     budgets: Mutex<HashMap<String, usize>>,
     failing: Mutex<FailingWrites>,
@@ -337,10 +538,11 @@ struct FailingWrite {
     since: Instant,
 }
 
-impl std::fmt::Debug for KafkaWrites {
+impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaWrites")
-            .field("topic_prefix", &self.inner.topic_prefix)
+        f.debug_struct("Outbox")
+            .field("writer", &self.inner.writer)
+            .field("topic_prefix", &self.inner.kafka.topic_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -350,23 +552,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl KafkaWrites {
-    /// The idempotent `acks=all` producer of `kafka`, and an admin client to learn topic limits.
-    ///
-    /// Inside a tokio runtime, a task checks every second whether the producer still knows a
-    /// broker: librdkafka 2.12 can leave a producer knowing none after a stalled broker resumed
-    /// (librdkafka#5301), and then every write fails until the process restarts — the sender's
-    /// requests waiting on their attempt records hold their endpoints' slots meanwhile (a
-    /// broker-freeze test run: 840 of 940 webhooks undelivered). After the stuck bound the
-    /// producer is replaced, and what waited in the old one is purged so its writes are made
-    /// again through the new one.
-    pub fn new(kafka: &KafkaConfig) -> dispatch_kafka::Result<Self> {
-        let writes = KafkaWrites {
-            inner: Arc::new(WritesInner {
+impl Outbox {
+    /// The idempotent `acks=all` producer of `kafka` for `writer`, and an admin client to learn
+    /// topic limits (no request is made yet). Inside a tokio runtime, a task watches the
+    /// producer for knowing no broker until the last clone is dropped; outside one it is not
+    /// watched (logged).
+    pub fn new(kafka: &KafkaConfig, writer: Writer) -> crate::Result<Self> {
+        let outbox = Outbox {
+            inner: Arc::new(OutboxInner {
+                writer,
                 producer: RwLock::new(Arc::new(kafka.watched_reliable_producer()?)),
                 kafka: kafka.clone(),
-                admin: Some(TopicAdmin::new(kafka)?),
-                topic_prefix: kafka.topic_prefix.clone(),
+                admin: TopicAdmin::new(kafka)?,
                 budgets: Mutex::new(HashMap::new()),
                 failing: Mutex::new(FailingWrites::default()),
             }),
@@ -374,15 +571,26 @@ impl KafkaWrites {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(watch_producer(
-                    Arc::downgrade(&writes.inner),
+                    Arc::downgrade(&outbox.inner),
                     stuck_after(kafka.session_timeout()),
                 ));
             }
             Err(_) => warn!(
-                "the sender's producer is made outside a tokio runtime: it is not watched for knowing no broker"
+                writer = writer.name(),
+                "an outbox made outside a tokio runtime: its producer is not watched for knowing no broker"
             ),
         }
-        Ok(writes)
+        Ok(outbox)
+    }
+
+    /// The role writing through this outbox.
+    pub fn writer(&self) -> Writer {
+        self.inner.writer
+    }
+
+    /// The topic names under the configured prefix.
+    pub fn topic_names(&self) -> TopicNames {
+        TopicNames::new(self.inner.kafka.topic_prefix.clone())
     }
 
     /// The producer writes go through now.
@@ -413,61 +621,48 @@ impl KafkaWrites {
             .collect()
     }
 
-    /// Produces `record` to `topic` until Kafka acknowledges it, capped to fit if the topic
-    /// refuses it as too large. Never gives up: the caller's source offset stays unfinished
-    /// until this returns.
-    pub async fn write_record<R: Cappable>(&self, topic: &str, key: &str, record: R) {
-        self.write(topic, Some(key.as_bytes()), None, true, |budget| {
-            let mut capped = record.clone();
-            let cut_fields = capped.cap_to(budget);
-            (capped.encode_to_vec(), cut_fields)
-        })
-        .await;
+    /// Produces `record` until Kafka acknowledges it, capped to fit if its topic refuses it as
+    /// too large and it can be capped. Never gives up: a caller that must not lose the record
+    /// holds what depends on it (a source offset) until this returns.
+    pub async fn write(&self, record: OutboxRecord<'_>) -> Written {
+        match self.produce(record, None).await {
+            Ok(written) => written,
+            // Without a deadline the loop returns only once acknowledged.
+            Err(error) => unreachable!("a write without a deadline gave up: {error}"),
+        }
     }
 
-    /// Produces bytes that cannot be capped (already encoded) until Kafka acknowledges them.
-    pub async fn write_bytes(&self, topic: &str, key: &str, value: Vec<u8>) {
-        // Nothing to cap: a too-large refusal is retried like any other failure (and must not
-        // shrink the budget other writes to the topic are capped to).
-        self.write(topic, Some(key.as_bytes()), None, false, |_| {
-            (value.clone(), Vec::new())
-        })
-        .await;
+    /// Produces `record` as [`Outbox::write`] does, but gives up with the classified error
+    /// when retrying cannot help by itself (an operator is needed, or the record is too large
+    /// and cannot be capped further) or `kafka.request_timeout_ms` has passed — for callers
+    /// that answer someone. On an error nothing may be assumed written.
+    pub async fn try_write(&self, record: OutboxRecord<'_>) -> Result<Written, WriteError> {
+        let deadline = Instant::now() + self.inner.kafka.request_timeout();
+        self.produce(record, Some(deadline)).await
     }
 
-    /// Produces a quarantined record (its headers say why and where from) until Kafka
-    /// acknowledges it; a value too large for the topic is cut and marked.
-    pub async fn write_quarantined(
+    /// The produce loop behind every write: until acknowledged, or until it gives up as
+    /// [`Outbox::try_write`] says when there is a `deadline`.
+    async fn produce(
         &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: OwnedHeaders,
-    ) {
-        self.write(topic, key, Some(headers), true, |budget| {
-            let mut bytes = value.map(<[u8]>::to_vec).unwrap_or_default();
-            let cut_fields = cap_bytes(&mut bytes, budget);
-            (bytes, cut_fields)
-        })
-        .await;
-    }
-
-    /// The produce loop behind every write. `encode` gives the value for a budget and the
-    /// fields it cut to get there; `cappable` says whether a smaller budget can help at all.
-    async fn write(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        headers: Option<OwnedHeaders>,
-        cappable: bool,
-        mut encode: impl FnMut(usize) -> (Vec<u8>, Vec<&'static str>),
-    ) {
+        record: OutboxRecord<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Written, WriteError> {
+        let OutboxRecord {
+            topic,
+            key,
+            partition,
+            headers,
+            value,
+        } = record;
+        let cappable = value.cappable();
         let label = self.label(topic);
+        let writer = self.inner.writer.name();
         let mut budget = self.budget(topic);
         let mut backoff = BACKOFF_START;
         let mut failing: Option<FailingGuard> = None;
         loop {
-            let (value, cut_fields) = encode(budget);
+            let (payload, cut_fields) = value.encode(budget);
             let cut_list = cut_fields.join(",");
             let mut record_headers = headers.clone();
             if !cut_fields.is_empty() {
@@ -476,50 +671,71 @@ impl KafkaWrites {
                     value: Some(cut_list.as_str()),
                 }));
             }
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&value);
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+            if let Some(payload) = &payload {
+                record = record.payload(payload);
+            }
             if let Some(key) = key {
                 record = record.key(key);
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
             }
             if let Some(record_headers) = record_headers {
                 record = record.headers(record_headers);
             }
+            // Timeout::Never only concerns waiting for room in the local queue; the producer's
+            // `message.timeout.ms` bounds how long one delivery may take.
             let error = match self.producer().producer.send(record, Timeout::Never).await {
-                Ok(_) => {
+                Ok(delivery) => {
                     if !cut_fields.is_empty() {
-                        info!(topic, budget, cut = %cut_list, "record capped to fit its topic, then written");
+                        info!(writer, topic, budget, cut = %cut_list, "record capped to fit its topic, then written");
                     }
-                    return;
+                    return Ok(Written {
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                    });
                 }
                 Err((error, _)) => error,
             };
             let failure = classify(&error);
-            metrics::counter!(
-                names::SENDER_PRODUCE_FAILURES_TOTAL,
-                "topic" => label.clone(),
-                "reason" => failure.reason,
-            )
-            .increment(1);
+            if let Some(metric) = self.inner.writer.failures_metric() {
+                metrics::counter!(metric, "topic" => label.clone(), "reason" => failure.reason)
+                    .increment(1);
+            }
+            let bytes = payload.as_ref().map_or(0, Vec::len);
             match failure.class {
                 ProduceErrorClass::TooLarge if cappable => {
-                    if let Some(smaller) = self.shrink_budget(topic, value.len(), budget).await {
-                        warn!(%error, topic, bytes = value.len(), budget = smaller, "record too large for its topic; capping it");
+                    if let Some(smaller) = self.shrink_budget(topic, bytes, budget).await {
+                        warn!(%error, writer, topic, bytes, budget = smaller, "record too large for its topic; capping it");
                         budget = smaller;
                         continue;
                     }
                 }
                 ProduceErrorClass::Rejected if cappable && budget > MIN_VALUE_BUDGET_BYTES => {
-                    warn!(%error, topic, "record refused by the broker; capping it to the minimum");
+                    warn!(%error, writer, topic, "record refused by the broker; capping it to the minimum");
                     budget = MIN_VALUE_BUDGET_BYTES;
                     continue;
                 }
                 _ => {}
             }
-            // Nothing to fix from here: wait and try again. The delivery's source offset stays
-            // unfinished meanwhile, so its partition's commit position is held behind it.
+            if let Some(deadline) = deadline {
+                let passes_by_itself = failure.class == ProduceErrorClass::Transient;
+                if !passes_by_itself || Instant::now() + backoff >= deadline {
+                    warn!(%error, writer, topic, reason = failure.reason, "produce failed; giving up (the caller is told)");
+                    return Err(WriteError {
+                        topic: topic.to_owned(),
+                        failure,
+                        source: error,
+                    });
+                }
+            }
+            // Nothing to fix from here: wait and try again. A caller that must not lose the
+            // record holds what depends on it meanwhile (the sender: its source offset).
             failing
                 .get_or_insert_with(|| self.start_failing(topic))
                 .failed(&error);
-            warn!(%error, topic, reason = failure.reason, retry_in_ms = backoff.as_millis() as u64, "produce failed; retrying (the source record stays unfinished)");
+            warn!(%error, writer, topic, reason = failure.reason, retry_in_ms = backoff.as_millis() as u64, "produce failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -528,7 +744,7 @@ impl KafkaWrites {
     /// The metric label of `topic`: its name without the prefix (bounded: our topics only).
     fn label(&self, topic: &str) -> String {
         topic
-            .strip_prefix(&self.inner.topic_prefix)
+            .strip_prefix(&self.inner.kafka.topic_prefix)
             .unwrap_or(topic)
             .to_owned()
     }
@@ -545,19 +761,16 @@ impl KafkaWrites {
     /// topic's limit is remembered for later writes: a halved one is about this record (one
     /// whose body alone is over the limit must not shrink every later record's budget).
     async fn shrink_budget(&self, topic: &str, failed_len: usize, budget: usize) -> Option<usize> {
-        let limit = match &self.inner.admin {
-            Some(admin) => match admin.topic_configs(topic).await {
-                Ok(configs) => configs
-                    .get("max.message.bytes")
-                    .cloned()
-                    .flatten()
-                    .and_then(|value| value.parse::<usize>().ok()),
-                Err(error) => {
-                    warn!(%error, topic, "cannot read the topic's max.message.bytes; halving the record budget instead");
-                    None
-                }
-            },
-            None => None,
+        let limit = match self.inner.admin.topic_configs(topic).await {
+            Ok(configs) => configs
+                .get("max.message.bytes")
+                .cloned()
+                .flatten()
+                .and_then(|value| value.parse::<usize>().ok()),
+            Err(error) => {
+                warn!(%error, topic, "cannot read the topic's max.message.bytes; halving the record budget instead");
+                None
+            }
         };
         let next = next_budget(limit, failed_len, budget)?;
         if limit.is_some_and(|limit| limit.saturating_sub(RECORD_OVERHEAD_BYTES) == next) {
@@ -579,7 +792,7 @@ impl KafkaWrites {
             },
         );
         FailingGuard {
-            writes: self.clone(),
+            outbox: self.clone(),
             id,
         }
     }
@@ -602,7 +815,7 @@ impl FailingWrites {
         topics.sort_unstable();
         topics.dedup();
         flag.set_not_ready(format!(
-            "{} write(s) failing, to {}; their source offsets stay unfinished (partitions pinned); oldest to {} for {} s: {}",
+            "{} write(s) failing, to {}; what depends on them waits (a sender's source offsets stay unfinished, its partitions pinned); oldest to {} for {} s: {}",
             self.writes.len(),
             topics.join(", "),
             oldest.topic,
@@ -612,16 +825,17 @@ impl FailingWrites {
     }
 }
 
-/// Replaces the writes' producer once it has known no broker for `bound`, until the writes are
-/// dropped (see [`KafkaWrites::new`]).
-async fn watch_producer(writes: Weak<WritesInner>, bound: Duration) {
+/// Replaces the outbox's producer once it has known no broker for `bound`, until the outbox is
+/// dropped (see the module documentation).
+async fn watch_producer(outbox: Weak<OutboxInner>, bound: Duration) {
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
-        let Some(writes) = writes.upgrade() else {
+        let Some(outbox) = outbox.upgrade() else {
             return;
         };
+        let writer = outbox.writer.name();
         let current = Arc::clone(
-            &writes
+            &outbox
                 .producer
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
@@ -633,22 +847,25 @@ async fn watch_producer(writes: Weak<WritesInner>, bound: Duration) {
         else {
             continue;
         };
-        let fresh = match writes.kafka.watched_reliable_producer() {
+        let fresh = match outbox.kafka.watched_reliable_producer() {
             Ok(fresh) => fresh,
             Err(error) => {
-                warn!(%error, "the sender's producer knows no broker, and a new one could not be made; trying again");
+                warn!(%error, writer, "an outbox's producer knows no broker, and a new one could not be made; trying again");
                 continue;
             }
         };
-        *writes
+        *outbox
             .producer
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         warn!(
+            writer,
             blind_s = blind_for.as_secs(),
-            "the sender's producer has known no broker of the cluster too long (librdkafka#5301): replaced; its pending writes are made again through the new one"
+            "an outbox's producer has known no broker of the cluster too long (librdkafka#5301): replaced; its pending writes are made again through the new one"
         );
-        metrics::counter!(names::SENDER_PRODUCER_REPLACED_TOTAL).increment(1);
+        if let Some(metric) = outbox.writer.replaced_metric() {
+            metrics::counter!(metric).increment(1);
+        }
         // Pending writes fail at once (purged) instead of after message.timeout.ms, and their
         // loops try again with the new producer.
         current
@@ -658,15 +875,15 @@ async fn watch_producer(writes: Weak<WritesInner>, bound: Duration) {
     }
 }
 
-/// One write that is failing; dropping it (success, or the task ended) clears it.
+/// One write that is failing; dropping it (success, given up, or the task ended) clears it.
 struct FailingGuard {
-    writes: KafkaWrites,
+    outbox: Outbox,
     id: u64,
 }
 
 impl FailingGuard {
     fn failed(&self, error: &KafkaError) {
-        let mut failing = lock(&self.writes.inner.failing);
+        let mut failing = lock(&self.outbox.inner.failing);
         if let Some(write) = failing.writes.get_mut(&self.id) {
             write.error = error.to_string();
         }
@@ -676,9 +893,9 @@ impl FailingGuard {
 
 impl Drop for FailingGuard {
     fn drop(&mut self) {
-        let mut failing = lock(&self.writes.inner.failing);
+        let mut failing = lock(&self.outbox.inner.failing);
         if let Some(write) = failing.writes.remove(&self.id) {
-            info!(topic = %write.topic, failing_for_s = write.since.elapsed().as_secs(), "a failing write went through");
+            info!(topic = %write.topic, failing_for_s = write.since.elapsed().as_secs(), "a failing write went through or was given up");
         }
         failing.update_readiness();
     }
@@ -687,6 +904,7 @@ impl Drop for FailingGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_recorder::TestRecorder;
     use dispatch_proto::dispatch::v1::NextAction;
     use dispatch_proto::dispatch::v1::next_action::Dead;
 
@@ -702,15 +920,15 @@ mod tests {
             bootstrap_servers: "127.0.0.1:9".to_owned(),
             ..KafkaConfig::default()
         };
-        let writes = KafkaWrites::new(&kafka).expect("writes");
-        let first = writes.producer();
-        // The writes' own watch waits the stuck bound (at least 20 s); this one 2 s.
+        let outbox = Outbox::new(&kafka, Writer::Sender).expect("outbox");
+        let first = outbox.producer();
+        // The outbox's own watch waits the stuck bound (at least 20 s); this one 2 s.
         tokio::spawn(watch_producer(
-            Arc::downgrade(&writes.inner),
+            Arc::downgrade(&outbox.inner),
             Duration::from_secs(2),
         ));
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Arc::ptr_eq(&first, &writes.producer()) {
+        while Arc::ptr_eq(&first, &outbox.producer()) {
             assert!(
                 Instant::now() < deadline,
                 "the producer was not replaced; blind for {:?}",
@@ -721,6 +939,137 @@ mod tests {
         assert!(
             first.brokers.blind_for() >= Some(Duration::from_secs(2)),
             "replaced only once blind for the bound"
+        );
+    }
+
+    /// An outbox on a bootstrap address that answers nothing, bounded by `request_timeout_ms`.
+    fn outbox_without_broker(writer: Writer, request_timeout_ms: u64) -> Outbox {
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9".to_owned(),
+            request_timeout_ms,
+            ..KafkaConfig::default()
+        };
+        Outbox::new(&kafka, writer).expect("outbox")
+    }
+
+    /// librdkafka refuses a value over its `message.max.bytes` before sending: a value that
+    /// must go whole cannot be helped, so a bounded write gives up at once, classified and
+    /// counted, and leaves nothing failing behind.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bounded_write_that_cannot_be_helped_gives_up_at_once_with_the_classified_error() {
+        let recorder = TestRecorder::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let outbox = outbox_without_broker(Writer::Api, 30_000);
+        let started = Instant::now();
+        let error = outbox
+            .try_write(OutboxRecord::whole(
+                "dispatch.deliveries",
+                "sub_1",
+                vec![b'x'; 2 * DEFAULT_MAX_RECORD_BYTES],
+            ))
+            .await
+            .expect_err("too large, and nothing may be cut");
+        assert_eq!(
+            error.failure,
+            ProduceFailure {
+                class: ProduceErrorClass::TooLarge,
+                reason: "message_too_large"
+            }
+        );
+        assert_eq!(error.topic, "dispatch.deliveries");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not retried: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            recorder.counter(
+                "dispatch_api_produce_failures_total{topic=dispatch.deliveries,reason=message_too_large}"
+            ),
+            1
+        );
+        assert!(outbox.failing_topics().is_empty());
+    }
+
+    /// A failure that passes by itself is retried only while the deadline allows: with no
+    /// broker, the record times out in librdkafka (its `message.timeout.ms`, at least 5 s) and
+    /// the bounded write gives up then, instead of retrying as an unbounded write would.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bounded_write_gives_up_on_a_passing_failure_once_its_deadline_passed() {
+        let outbox = outbox_without_broker(Writer::Tool, 1_000);
+        let started = Instant::now();
+        let error = outbox
+            .try_write(OutboxRecord::tombstone("dispatch.dlq", "dlv_1"))
+            .await
+            .expect_err("no broker");
+        assert_eq!(error.failure.class, ProduceErrorClass::Transient);
+        assert_eq!(error.failure.reason, "timed_out", "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "given up after one delivery timeout: {:?}",
+            started.elapsed()
+        );
+        assert!(outbox.failing_topics().is_empty());
+    }
+
+    /// An unbounded write keeps the record and shows the topic as failing until it goes
+    /// through; dropping the write (its task ended) clears it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unbounded_write_keeps_trying_and_shows_the_failing_topic() {
+        let outbox = outbox_without_broker(Writer::Tool, 1_000);
+        let write = outbox.write(OutboxRecord::whole(
+            "dispatch.attempts",
+            "sub_1",
+            vec![b'x'; 2 * DEFAULT_MAX_RECORD_BYTES],
+        ));
+        let timed_out = tokio::time::timeout(Duration::from_secs(1), write).await;
+        assert!(timed_out.is_err(), "never given up");
+        // The write was dropped with the timeout: nothing is failing any more.
+        assert!(outbox.failing_topics().is_empty());
+        let write = outbox.write(OutboxRecord::whole(
+            "dispatch.attempts",
+            "sub_1",
+            vec![b'x'; 2 * DEFAULT_MAX_RECORD_BYTES],
+        ));
+        tokio::pin!(write);
+        let _ = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+        let failing = outbox.failing_topics();
+        assert_eq!(
+            failing.keys().collect::<Vec<_>>(),
+            ["dispatch.attempts"],
+            "{failing:?}"
+        );
+        assert!(
+            failing["dispatch.attempts"].contains("too large"),
+            "{failing:?}"
+        );
+    }
+
+    #[test]
+    fn records_carry_their_value_as_the_write_needs_it() {
+        let tombstone = OutboxRecord::tombstone("t", "k").partition(0);
+        assert_eq!(tombstone.partition, Some(0));
+        assert!(!tombstone.value.cappable());
+        assert_eq!(tombstone.value.encode(10), (None, Vec::new()));
+        let whole = OutboxRecord::whole("t", "k", vec![1; 100]);
+        assert!(!whole.value.cappable());
+        assert_eq!(whole.value.encode(10).0.map(|v| v.len()), Some(100));
+        let quarantined =
+            OutboxRecord::quarantined("t", None, Some(&[7u8; 100][..]), OwnedHeaders::new());
+        assert!(quarantined.value.cappable());
+        assert_eq!(
+            quarantined.value.encode(10),
+            (Some(vec![7; 10]), vec!["value"])
+        );
+        let record = record_with_excerpt(10_000);
+        let capped = OutboxRecord::capped("t", "sub_1", record.clone());
+        let (value, cut_fields) = capped.value.encode(2_000);
+        assert_eq!(cut_fields, vec!["response_excerpt"]);
+        assert!(value.expect("a value").len() <= 2_000);
+        assert_eq!(
+            capped.value.encode(1_000_000),
+            (Some(record.encode_to_vec()), Vec::new()),
+            "each budget starts from the record as given"
         );
     }
 
