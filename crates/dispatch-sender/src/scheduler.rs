@@ -286,7 +286,14 @@ impl Scheduler {
             self.timers.pop();
             self.mark_dirty(id);
         }
+        let starts = self.start_dirty(now);
+        // After the dirty ones were looked at: an endpoint still marked is kept this round.
         self.sweep(now);
+        starts
+    }
+
+    /// The attempts the dirty endpoints may start now (see [`Self::next_attempts`]).
+    fn start_dirty(&mut self, now: Instant) -> Vec<Start> {
         let mut starts = Vec::new();
         if self.dirty.is_empty() {
             return starts;
