@@ -13,7 +13,7 @@ TEST_THREADS ?= 4
 # Tasks of each bench-fairness run (B's share is three quarters of them).
 FAIRNESS_TASKS ?= 16000
 
-.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench bench-quick bench-burst bench-deps faults bench-fanout bench-sender bench-fairness
+.PHONY: help run test test-unit build lint fmt kafka-up kafka-down kafka-status kafka-logs clean bench bench-quick bench-burst bench-dev bench-deps faults bench-fanout bench-sender bench-fairness
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ bench-quick: ## The same scenarios, short (under 2 minutes once built): a smoke 
 bench-burst: bench-deps ## Only the burst: 60,000 events published at once to 30 endpoints served by nginx, through the real dispatchd processes; BURST_ARGS adds flags (--quick, --burst-events N).
 	$(CARGO) build --release -p dispatchd -p dispatch-bench
 	$(WITH_KAFKA) ./target/release/dispatch-bench e2e --scenarios burst --nginx $(BURST_ARGS)
+
+bench-dev: bench-deps ## The user's shape: one `dispatchd all` on deploy/dev/dispatchd.toml as it is, nginx receiving: throughput, latency at 200 and 1,000 events/s, burst; JSON in bench/results/e2e-dev-<time>.json (the burst alone may wait its 5 minutes; BENCH_DEV_ARGS adds flags, e.g. --quick).
+	$(CARGO) build --release -p dispatchd -p dispatch-bench
+	$(WITH_KAFKA) ./target/release/dispatch-bench e2e --shape dev --dev-config $(DEV_CONFIG) --nginx --scenarios throughput,latency,burst --rates 200,1000 $(BENCH_DEV_ARGS)
 
 # Debian puts nginx in /usr/sbin, which not every PATH has; the bench looks there too.
 bench-deps: ## Install what the benchmarks need besides the build: nginx (the burst's receiver that is not ours), with apt-get when it is missing.

@@ -12,18 +12,16 @@
 //! whose access log says what arrived when.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::e2e::{self, Percentiles};
-use crate::fleet::Fleet;
-use crate::harness::{Environment, Harness};
+use crate::harness::Environment;
 use crate::ledger;
-use crate::nginx::{Arrival, Nginx};
+use crate::receiver::{self, ReceiverKind};
 use crate::system::{ProcessUsage, Role, System};
-use crate::workload::{self, Pace};
+use crate::workload;
 
 /// The sender's deferral counter, label `reason`
 /// (`dispatch_telemetry::names::SENDER_DEFERRED_TOTAL`): read from `/metrics` as any scraper
@@ -45,16 +43,9 @@ pub struct BurstSettings {
     pub delivery_partitions: i32,
     /// Receiver listeners (host:port pairs) the 200 endpoints are spread over.
     pub receivers: usize,
-}
-
-/// Who received the webhooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReceiverKind {
-    /// The bench's hyper receivers.
-    Bench,
-    /// nginx answering `return 200`.
-    Nginx,
+    /// A user's configuration file run as one `dispatchd all` (`--shape dev`); `None`: the
+    /// bench's own, `senders` senders and a fan-out.
+    pub user_config: Option<std::path::PathBuf>,
 }
 
 /// `burst`'s figures.
@@ -105,59 +96,6 @@ pub struct BurstResult {
     pub bench_process_cpu_seconds: f64,
 }
 
-/// Where the webhooks go.
-enum Receiver {
-    Bench(Arc<Fleet>),
-    Nginx(Nginx),
-}
-
-impl Receiver {
-    fn kind(&self) -> ReceiverKind {
-        match self {
-            Receiver::Bench(_) => ReceiverKind::Bench,
-            Receiver::Nginx(_) => ReceiverKind::Nginx,
-        }
-    }
-
-    /// Webhooks accepted so far, duplicates included: cheap, for polling.
-    fn accepted(&mut self) -> anyhow::Result<u64> {
-        match self {
-            Receiver::Bench(fleet) => Ok(fleet.accepted()),
-            Receiver::Nginx(nginx) => nginx.answered(),
-        }
-    }
-
-    /// What arrived of `pairs`. The fleet keeps latencies rather than arrival times: its
-    /// arrival is the event's `occurred_at` (from `occurred_us`, 0 when unknown) plus that.
-    fn arrivals(
-        &mut self,
-        pairs: &[(u64, usize)],
-        occurred_us: &HashMap<u64, u64>,
-    ) -> anyhow::Result<Vec<Option<Arrival>>> {
-        match self {
-            Receiver::Bench(fleet) => Ok(fleet
-                .receptions(pairs)
-                .into_iter()
-                .zip(pairs)
-                .map(|(reception, (seq, _))| {
-                    reception.map(|r| Arrival {
-                        count: r.count,
-                        first_unix_us: occurred_us.get(seq).copied().unwrap_or(0) + r.latency_us,
-                    })
-                })
-                .collect()),
-            Receiver::Nginx(nginx) => nginx.arrivals(pairs),
-        }
-    }
-
-    fn usage(&self) -> Option<ProcessUsage> {
-        match self {
-            Receiver::Bench(_) => None,
-            Receiver::Nginx(nginx) => nginx.usage(),
-        }
-    }
-}
-
 /// `name{reason="…"} value` lines of a Prometheus text exposition, summed by reason.
 fn counter_by_reason(exposition: &str, name: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
@@ -205,91 +143,22 @@ async fn deferred_now(system: &mut System) -> anyhow::Result<BTreeMap<String, u6
     Ok(total)
 }
 
-fn usage_with(harness: &mut Harness, receiver: &Receiver) -> Vec<ProcessUsage> {
-    let mut usage = e2e::usage_now(harness);
-    usage.extend(receiver.usage());
-    usage
-}
-
-/// Waits until `pairs` all arrived or `timeout` passed; how many are still missing. The
-/// receivers' count gates the full check, which for the fleet locks its ledger.
-async fn wait_for(
-    receiver: &mut Receiver,
-    pairs: &[(u64, usize)],
-    occurred_us: &HashMap<u64, u64>,
-    accepted_before: u64,
-    timeout: Duration,
-) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + timeout;
-    let mut last_full_check: Option<Instant> = None;
-    loop {
-        let accepted = receiver.accepted()?.saturating_sub(accepted_before);
-        let expired = Instant::now() > deadline;
-        let due = last_full_check.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
-        if expired || (accepted >= pairs.len() as u64 && due) {
-            last_full_check = Some(Instant::now());
-            let missing = receiver
-                .arrivals(pairs, occurred_us)?
-                .iter()
-                .filter(|a| a.is_none())
-                .count();
-            if missing == 0 || expired {
-                return Ok(missing);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs the burst: fresh topics and processes, a warm-up, then the burst and its wait.
 pub async fn run(env: &Environment, settings: &BurstSettings) -> anyhow::Result<BurstResult> {
-    let nginx = if settings.nginx {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis();
-        let dir = env.work_dir.join(format!("burst-nginx-{stamp}"));
-        Some(Nginx::start(settings.receivers, &dir).await?)
-    } else {
-        None
-    };
-    let urls = nginx.as_ref().map(Nginx::urls);
-    // With nginx receiving, the fleet only idles: one listener is enough.
-    let fleet_listeners = if nginx.is_some() {
-        1
-    } else {
-        settings.receivers
-    };
-    let mut harness = Harness::prepare_for(env, "burst", fleet_listeners, urls.as_deref(), |s| {
-        s.delivery_partitions = settings.delivery_partitions;
-    })
-    .await?;
-    let mut receiver = match nginx {
-        Some(nginx) => Receiver::Nginx(nginx),
-        None => Receiver::Bench(harness.fleet.clone()),
-    };
+    let (mut harness, receiver) =
+        receiver::prepare(env, "burst", settings.receivers, settings.nginx, |s| {
+            s.delivery_partitions = settings.delivery_partitions;
+            s.user_config.clone_from(&settings.user_config);
+        })
+        .await?;
     e2e::start_roles(&mut harness, settings.senders).await?;
 
     // Warm-up, as in the other scenarios (the first traffic after a broker start is much
     // slower), waited for at whichever receiver this run uses.
-    let accepted_before = receiver.accepted()?;
-    let _ = harness
-        .publish(Pace::Rate(500), Duration::from_secs(3), 0)
-        .await;
-    let warm_pairs = ledger::owed_pairs(&harness.publisher.published().await.acked);
-    let missing = wait_for(
-        &mut receiver,
-        &warm_pairs,
-        &HashMap::new(),
-        accepted_before,
-        Duration::from_secs(30),
-    )
-    .await?;
-    if missing > 0 {
-        eprintln!("burst: {missing} warm-up deliveries still missing after 30 s; going on");
-    }
+    e2e::warm_up(&harness, &receiver).await?;
 
     let deferred_before = deferred_now(&mut harness.system).await;
-    let before = usage_with(&mut harness, &receiver);
+    let before = e2e::usage_with(&mut harness, &receiver);
     let self_before = crate::system::own_cpu_seconds();
     let accepted_before = receiver.accepted()?;
     let started = Instant::now();
@@ -297,16 +166,9 @@ pub async fn run(env: &Environment, settings: &BurstSettings) -> anyhow::Result<
     let owed = ledger::owed_pairs(&burst.acked);
     let occurred_us: HashMap<u64, u64> = burst.events.iter().copied().collect();
     let wait_left = settings.wait.saturating_sub(started.elapsed());
-    let not_arrived = wait_for(
-        &mut receiver,
-        &owed,
-        &occurred_us,
-        accepted_before,
-        wait_left,
-    )
-    .await?;
+    let not_arrived = receiver.wait_for(&owed, accepted_before, wait_left).await?;
     let cpu_span = started.elapsed().as_secs_f64();
-    let processes = e2e::window_usage(&before, &usage_with(&mut harness, &receiver));
+    let processes = e2e::window_usage(&before, &e2e::usage_with(&mut harness, &receiver));
     let bench_cpu = crate::system::own_cpu_seconds() - self_before;
     let deferred = match (deferred_before, deferred_now(&mut harness.system).await) {
         (Ok(before), Ok(after)) => Some(
@@ -391,10 +253,7 @@ pub fn print(result: &BurstResult) {
     let l = &result.latency;
     println!(
         "burst ({} receiver): {} events → {} deliveries to {} endpoints; published in {:.2} s (all handed to the producer in {:.2} s); last delivery {:.1} s after the first publish = {:.0} deliveries/s; latency from publish p50 {} p90 {} p99 {} p99.9 {} max {}; not arrived {}{}, duplicates {}",
-        match result.receiver {
-            ReceiverKind::Bench => "bench",
-            ReceiverKind::Nginx => "nginx",
-        },
+        result.receiver.name(),
         result.events,
         result.owed,
         result.endpoints,

@@ -437,6 +437,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Fanout => "fan-out",
         Role::Sender => "sender",
         Role::Api => "api",
+        Role::All => "all",
     }
 }
 

@@ -145,12 +145,23 @@ impl Harness {
     /// Publishes at `pace` for `duration` (or until [`Harness::stop_publishing`]) in the
     /// background, one garbage record in `garbage_one_in` (0: none).
     pub fn publish(&self, pace: Pace, duration: Duration, garbage_one_in: u64) -> JoinHandle<()> {
+        let fleet = self.fleet.clone();
+        self.publish_counted(pace, duration, garbage_one_in, move || fleet.accepted())
+    }
+
+    /// [`Harness::publish`] with `delivered` (webhooks accepted so far) pacing
+    /// [`Pace::FlatOut`] instead of the fleet's count: for a receiver that is not the fleet.
+    pub fn publish_counted(
+        &self,
+        pace: Pace,
+        duration: Duration,
+        garbage_one_in: u64,
+        delivered: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> JoinHandle<()> {
         self.stop_publishing.store(false, Ordering::Relaxed);
         let publisher = self.publisher.clone();
-        let fleet = self.fleet.clone();
         let stop = self.stop_publishing.clone();
         tokio::spawn(async move {
-            let delivered = move || fleet.accepted();
             publisher
                 .run(pace, duration, garbage_one_in, &delivered, &stop)
                 .await;

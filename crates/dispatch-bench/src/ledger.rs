@@ -1,6 +1,7 @@
 //! The ledger check that ends every fault scenario: every (event, subscription) the broker
 //! acknowledged either reached its receiver at least once or is in the DLQ; nothing else is
-//! acceptable.
+//! acceptable. What reached the receivers is the fleet's ledger, or what nginx's access log
+//! shows when nginx received (then no signature was checked).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -65,6 +66,9 @@ pub struct Verdict {
     pub unexpected: usize,
     /// Signatures that did not verify at the receivers.
     pub bad_signatures: u64,
+    /// The receiver checked no signature (nginx): `bad_signatures` says nothing then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub signatures_unchecked: bool,
 }
 
 impl Verdict {
@@ -76,7 +80,7 @@ impl Verdict {
     /// The one-line summary.
     pub fn line(&self, scenario: &str) -> String {
         format!(
-            "{} {scenario}: events {}, owed {}, delivered {}, dead-lettered {}, lost {}, duplicates {}, misrouted {}, bad signatures {}",
+            "{} {scenario}: events {}, owed {}, delivered {}, dead-lettered {}, lost {}, duplicates {}, misrouted {}, {}",
             if self.passed() { "PASS" } else { "FAIL" },
             self.events,
             self.expected,
@@ -85,24 +89,57 @@ impl Verdict {
             self.lost,
             self.duplicates,
             self.unexpected,
-            self.bad_signatures,
+            if self.signatures_unchecked {
+                "signatures not checked".to_owned()
+            } else {
+                format!("bad signatures {}", self.bad_signatures)
+            },
         )
     }
 }
 
 /// Compares what was owed (`acked` events) with what the fleet received and the DLQ holds.
 pub fn check(acked: &[u64], fleet: &Fleet, dead: &HashMap<(u64, usize), DeadEntry>) -> Verdict {
+    let bad_signatures = fleet.counters().bad_signatures;
+    let verdict = tally(
+        acked,
+        |visit| fleet.for_each(|seq, endpoint, reception| visit(seq, endpoint, reception.count)),
+        dead,
+    );
+    Verdict {
+        bad_signatures,
+        ..verdict
+    }
+}
+
+/// [`check`] for a receiver that verifies no signature (nginx): `for_each` visits every
+/// (event, endpoint) that arrived with how many times it did.
+pub fn check_unsigned(
+    acked: &[u64],
+    for_each: impl FnOnce(&mut dyn FnMut(u64, usize, u32)),
+    dead: &HashMap<(u64, usize), DeadEntry>,
+) -> Verdict {
+    Verdict {
+        signatures_unchecked: true,
+        ..tally(acked, for_each, dead)
+    }
+}
+
+fn tally(
+    acked: &[u64],
+    for_each: impl FnOnce(&mut dyn FnMut(u64, usize, u32)),
+    dead: &HashMap<(u64, usize), DeadEntry>,
+) -> Verdict {
     let owed: HashSet<(u64, usize)> = owed_pairs(acked).into_iter().collect();
     let mut verdict = Verdict {
         events: acked.len(),
         expected: owed.len(),
-        bad_signatures: fleet.counters().bad_signatures,
         ..Verdict::default()
     };
     let mut received = HashSet::new();
-    fleet.for_each(|seq, endpoint, reception| {
+    for_each(&mut |seq, endpoint, count| {
         received.insert((seq, endpoint));
-        verdict.duplicates += u64::from(reception.count.saturating_sub(1));
+        verdict.duplicates += u64::from(count.saturating_sub(1));
         if !workload::endpoints_of(seq).contains(&endpoint) {
             verdict.unexpected += 1;
         }
@@ -130,4 +167,36 @@ pub fn owed_pairs(acked: &[u64]) -> Vec<(u64, usize)> {
 /// Owed pairs of `acked` not yet received by the fleet.
 pub fn missing(acked: &[u64], fleet: &Fleet) -> usize {
     fleet.missing(&owed_pairs(acked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsigned_receiver_is_checked_from_what_it_saw() {
+        // Event 0 is owed to endpoints 0, 1, 2; event 1 (of the next account) to 5, 6, 7.
+        let acked = [0, 1];
+        let seen = [(0, 0, 2), (0, 1, 1), (0, 2, 1), (1, 5, 1), (1, 0, 1)];
+        let dead = HashMap::from([((1, 6), DeadEntry { attempts: 5 })]);
+        let verdict = check_unsigned(
+            &acked,
+            |visit| {
+                for (seq, endpoint, count) in seen {
+                    visit(seq, endpoint, count);
+                }
+            },
+            &dead,
+        );
+        assert_eq!(verdict.expected, 6);
+        assert_eq!(verdict.delivered, 4);
+        assert_eq!(verdict.dead_lettered, 1);
+        // (1, 7): neither arrived nor dead-lettered.
+        assert_eq!(verdict.lost, 1);
+        assert_eq!(verdict.duplicates, 1);
+        // (1, 0): event 1 is not endpoint 0's.
+        assert_eq!(verdict.unexpected, 1);
+        assert!(verdict.signatures_unchecked && !verdict.passed());
+        assert!(verdict.line("x").contains("signatures not checked"));
+    }
 }

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod harness;
 pub mod ledger;
 pub mod nginx;
+pub mod receiver;
 pub mod system;
 pub mod topics;
 pub mod workload;

@@ -49,7 +49,7 @@ fn config(dir: &Path, ports: &[u16]) -> String {
         .map(|port| format!("        listen 127.0.0.1:{port};\n"))
         .collect();
     format!(
-        r#"# Written by dispatch-bench for one run: the burst's receiver that is not ours.
+        r#"# Written by dispatch-bench for one run: a receiver that is not ours.
 daemon off;
 master_process off;
 pid {dir}/nginx.pid;
@@ -265,6 +265,14 @@ impl Nginx {
     pub fn answered(&mut self) -> anyhow::Result<u64> {
         self.read_log()?;
         Ok(self.answered)
+    }
+
+    /// Visits every (event seq, endpoint) that arrived so far, with how many times, as of the
+    /// last reading of the log.
+    pub fn for_each(&self, visit: &mut dyn FnMut(u64, usize, u32)) {
+        for (&(seq, endpoint), arrival) in &self.arrivals {
+            visit(seq, endpoint, arrival.count);
+        }
     }
 
     /// What arrived of `pairs` (event seq, endpoint), in order (reads the log first).

@@ -1,7 +1,11 @@
 //! The system under test as real processes: a `dispatchd` configuration for one run (its own
-//! topic prefix on the given broker), its topics, and `dispatchd fanout|sender|api` processes
-//! that can be started, killed with SIGKILL, stopped with SIGTERM, and measured (CPU seconds and
-//! peak RSS from /proc) while they run.
+//! topic prefix on the given broker), its topics, and `dispatchd fanout|sender|api|all`
+//! processes that can be started, killed with SIGKILL, stopped with SIGTERM, and measured (CPU
+//! seconds and peak RSS from /proc) while they run.
+//!
+//! The configuration is the bench's own, written for the run, or a user's file run as it is
+//! ([`SystemSettings::user_config`]): then only what isolates and reaches the run is
+//! overridden, through the `DISPATCH_*` variables a user would set ([`USER_CONFIG_OVERRIDES`]).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,7 +51,31 @@ pub struct SystemSettings {
     /// Static group membership: each process gets `kafka.instance_id` `bench-<instance>`, the
     /// same again when it is restarted (off: dynamic membership, as before it existed).
     pub static_membership: bool,
+    /// A user's configuration file (`deploy/dev/dispatchd.toml`) run as it is instead of the
+    /// bench's own: every setting above but `bootstrap` and `prefix` is then the file's, and
+    /// only [`USER_CONFIG_OVERRIDES`] are overridden. `None`: the bench's configuration.
+    pub user_config: Option<PathBuf>,
 }
+
+/// What a run on a user's configuration file overrides, as `DISPATCH_*` environment variables
+/// (the way the file's own comments tell a user to): the broker, a topic prefix and consumer
+/// groups of the run's own (isolation from other runs and from a `make run` on the same
+/// broker), a transactional id of its own (the file's would fence, or be fenced by, another
+/// fan-out using it), and free ports for the admin API and `/metrics`. Nothing that changes how
+/// the system behaves.
+pub const USER_CONFIG_OVERRIDES: [&str; 7] = [
+    "DISPATCH_KAFKA__BOOTSTRAP_SERVERS",
+    "DISPATCH_KAFKA__TOPIC_PREFIX",
+    "DISPATCH_FANOUT__GROUP_ID",
+    "DISPATCH_SENDER__GROUP_ID",
+    "DISPATCH_FANOUT__TRANSACTIONAL_ID",
+    "DISPATCH_API__LISTEN",
+    "DISPATCH_METRICS__LISTEN",
+];
+
+/// How long a process run on a user's file gets to drain on SIGTERM before it is killed: the
+/// file's `sender.drain_timeout_ms` is not read; the product's default is 25 s.
+const USER_CONFIG_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl SystemSettings {
     /// Defaults for a run on the local broker under `prefix`.
@@ -68,6 +96,7 @@ impl SystemSettings {
             drain_timeout_ms: 3_000,
             api_token: "bench-operator-token".to_owned(),
             static_membership: true,
+            user_config: None,
         }
     }
 
@@ -159,6 +188,8 @@ pub enum Role {
     Sender,
     /// `dispatchd api`.
     Api,
+    /// `dispatchd all`: the three roles in one process.
+    All,
 }
 
 impl Role {
@@ -167,7 +198,13 @@ impl Role {
             Role::Fanout => "fanout",
             Role::Sender => "sender",
             Role::Api => "api",
+            Role::All => "all",
         }
+    }
+
+    /// Whether a process of this role runs `role` (itself, or as part of `all`).
+    pub fn runs(self, role: Role) -> bool {
+        self == role || self == Role::All
     }
 }
 
@@ -320,8 +357,8 @@ pub struct System {
 }
 
 impl System {
-    /// Writes the configuration under `dir` and creates the run's topics with
-    /// `dispatchd topics ensure --strict`.
+    /// Writes the configuration under `dir` (or takes the user's file) and creates the run's
+    /// topics with `dispatchd topics ensure --strict`.
     pub fn create(dispatchd: &Path, dir: &Path, settings: SystemSettings) -> anyhow::Result<Self> {
         if !dispatchd.is_file() {
             bail!(
@@ -331,10 +368,17 @@ impl System {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let api_port = free_port();
-        let config_file = dir.join("dispatchd.toml");
-        std::fs::File::create(&config_file)
-            .and_then(|mut file| file.write_all(settings.toml(api_port).as_bytes()))
-            .with_context(|| format!("writing {}", config_file.display()))?;
+        let config_file = match &settings.user_config {
+            Some(file) => std::fs::canonicalize(file)
+                .with_context(|| format!("no configuration file {}", file.display()))?,
+            None => {
+                let file = dir.join("dispatchd.toml");
+                std::fs::File::create(&file)
+                    .and_then(|mut out| out.write_all(settings.toml(api_port).as_bytes()))
+                    .with_context(|| format!("writing {}", file.display()))?;
+                file
+            }
+        };
         let system = System {
             settings,
             dispatchd: dispatchd.to_owned(),
@@ -363,8 +407,47 @@ impl System {
             .arg("--config")
             .arg(&self.config_file)
             .env_remove("DISPATCH_CONFIG")
-            .env("DISPATCH_RETRY_SCHEDULE", &self.settings.retry_schedule);
+            .envs(self.overrides());
         command
+    }
+
+    /// The environment every `dispatchd` command of the run gets on top of its file (each
+    /// process adds its `/metrics` port and transactional id).
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        let settings = &self.settings;
+        if settings.user_config.is_none() {
+            return vec![("DISPATCH_RETRY_SCHEDULE", settings.retry_schedule.clone())];
+        }
+        let prefix = &settings.prefix;
+        vec![
+            (
+                "DISPATCH_KAFKA__BOOTSTRAP_SERVERS",
+                settings.bootstrap.clone(),
+            ),
+            ("DISPATCH_KAFKA__TOPIC_PREFIX", prefix.clone()),
+            (
+                "DISPATCH_FANOUT__GROUP_ID",
+                format!("{prefix}dispatch-fanout"),
+            ),
+            (
+                "DISPATCH_SENDER__GROUP_ID",
+                format!("{prefix}dispatch-sender"),
+            ),
+            (
+                "DISPATCH_API__LISTEN",
+                format!("127.0.0.1:{}", self.api_port),
+            ),
+        ]
+    }
+
+    /// Whether the processes run a user's configuration file as it is.
+    pub fn runs_user_config(&self) -> bool {
+        self.settings.user_config.is_some()
+    }
+
+    /// The configuration file the processes run.
+    pub fn config_file(&self) -> &Path {
+        &self.config_file
     }
 
     /// Starts `role` instance `instance` and waits until its `/readyz` answers 200.
@@ -395,7 +478,8 @@ impl System {
             )
             .stdout(Stdio::null())
             .stderr(log_file);
-        if self.settings.static_membership {
+        // A user's file keeps its own `kafka.instance_id`: the run's consumer groups are its own.
+        if self.settings.static_membership && self.settings.user_config.is_none() {
             // Distinct per instance (two senders on this one machine must not fence each
             // other), the same for a restarted instance.
             command.env("DISPATCH_KAFKA__INSTANCE_ID", format!("bench-{instance}"));
@@ -482,11 +566,11 @@ impl System {
         }
     }
 
-    /// `/metrics` ports of the running processes of `role`.
+    /// `/metrics` ports of the running processes that run `role` (`all` included).
     pub fn metrics_ports(&mut self, role: Role) -> Vec<u16> {
         self.processes
             .iter_mut()
-            .filter_map(|p| (p.role == role && p.is_running()).then_some(p.metrics_port))
+            .filter_map(|p| (p.role.runs(role) && p.is_running()).then_some(p.metrics_port))
             .collect()
     }
 
@@ -547,11 +631,76 @@ impl System {
 
     /// Stops every process with SIGTERM (SIGKILL after the drain timeout).
     pub async fn stop_all(&mut self) {
-        let timeout = Duration::from_millis(self.settings.drain_timeout_ms + 10_000);
+        let timeout = if self.runs_user_config() {
+            USER_CONFIG_STOP_TIMEOUT
+        } else {
+            Duration::from_millis(self.settings.drain_timeout_ms + 10_000)
+        };
         for index in 0..self.processes.len() {
             if let Err(error) = self.terminate(index, timeout).await {
                 eprintln!("stopping: {error:#}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system(settings: SystemSettings) -> System {
+        System {
+            settings,
+            dispatchd: PathBuf::from("dispatchd"),
+            dir: PathBuf::from("/tmp/x"),
+            api_port: 40_001,
+            config_file: PathBuf::from("/tmp/x/dispatchd.toml"),
+            processes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_user_file_is_overridden_only_in_what_isolates_and_reaches_the_run() {
+        let mut settings = SystemSettings::new("127.0.0.1:23092", "bench.latency.1.");
+        settings.user_config = Some(PathBuf::from("deploy/dev/dispatchd.toml"));
+        let system = system(settings);
+        let overrides = system.overrides();
+        let mut names: Vec<&str> = overrides.iter().map(|(name, _)| *name).collect();
+        // Each process adds these two when it starts.
+        names.extend([
+            "DISPATCH_FANOUT__TRANSACTIONAL_ID",
+            "DISPATCH_METRICS__LISTEN",
+        ]);
+        names.sort_unstable();
+        let mut documented = USER_CONFIG_OVERRIDES.to_vec();
+        documented.sort_unstable();
+        assert_eq!(names, documented);
+        let value = |name: &str| {
+            overrides
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            value("DISPATCH_KAFKA__TOPIC_PREFIX"),
+            Some("bench.latency.1.")
+        );
+        assert_eq!(
+            value("DISPATCH_SENDER__GROUP_ID"),
+            Some("bench.latency.1.dispatch-sender")
+        );
+        assert_eq!(value("DISPATCH_API__LISTEN"), Some("127.0.0.1:40001"));
+        // The file's retry schedule is the user's: not shortened.
+        assert_eq!(value("DISPATCH_RETRY_SCHEDULE"), None);
+    }
+
+    #[test]
+    fn the_bench_configuration_shortens_the_retry_schedule() {
+        let system = system(SystemSettings::new("127.0.0.1:23092", "bench.x.1."));
+        assert_eq!(
+            system.overrides(),
+            vec![("DISPATCH_RETRY_SCHEDULE", "0s,1s,2s".to_owned())]
+        );
+        assert!(Role::All.runs(Role::Sender) && !Role::Fanout.runs(Role::Sender));
     }
 }

@@ -4,6 +4,7 @@
 //! the broker acknowledged (only those are owed to receivers). Optionally a fraction of garbage
 //! records, which the fan-out must quarantine.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -261,6 +262,17 @@ pub struct Publisher {
     prompt: String,
     next_seq: AtomicU64,
     published: Mutex<Published>,
+    /// Each event's sequence number and `occurred_at` ([`occurred_at_us`]), in publishing order.
+    occurred: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+/// An event's `occurred_at` in Unix microseconds (millisecond precision: see
+/// `now_millis_timestamp`), 0 when it has none.
+fn occurred_at_us(event: &Event) -> u64 {
+    event
+        .occurred_at
+        .as_ref()
+        .map_or(0, |t| t.seconds as u64 * 1_000_000 + t.nanos as u64 / 1_000)
 }
 
 impl std::fmt::Debug for Publisher {
@@ -295,7 +307,27 @@ impl Publisher {
             prompt: "p".repeat(PROMPT_BYTES),
             next_seq: AtomicU64::new(0),
             published: Mutex::new(Published::default()),
+            occurred: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// When each event handed to the producer so far occurred (its `occurred_at`, Unix
+    /// microseconds): what latency at a receiver that measures none itself (nginx) is counted
+    /// from.
+    pub fn occurred_us(&self) -> HashMap<u64, u64> {
+        self.occurred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn remember_occurred(&self, events: &mut Vec<(u64, u64)>) {
+        self.occurred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(events);
     }
 
     /// Events handed to the producer so far (acknowledged or not).
@@ -319,6 +351,7 @@ impl Publisher {
         let first_seq = self.sent();
         let mut in_flight = FuturesUnordered::new();
         let mut garbage_serial = 0u64;
+        let mut occurred = Vec::new();
         while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
             let budget = match pace {
                 Pace::Rate(rate) => {
@@ -342,6 +375,7 @@ impl Publisher {
                     )
                 } else {
                     let event = event(&self.run, seq, &self.prompt);
+                    occurred.push((seq, occurred_at_us(&event)));
                     (event.account_id.clone(), event.encode_to_vec())
                 };
                 let producer = self.producer.clone();
@@ -362,6 +396,7 @@ impl Publisher {
                     }
                 }
             }
+            self.remember_occurred(&mut occurred);
             // Collect what finished meanwhile, then wait for the next tick.
             let tick = tokio::time::sleep(Duration::from_millis(5));
             tokio::pin!(tick);
@@ -396,10 +431,7 @@ impl Publisher {
         let mut deliveries = Vec::with_capacity(seqs.len());
         for &seq in &seqs {
             let event = event(&self.run, seq, &self.prompt);
-            let occurred_us = event
-                .occurred_at
-                .as_ref()
-                .map_or(0, |t| t.seconds as u64 * 1_000_000 + t.nanos as u64 / 1_000);
+            let occurred_us = occurred_at_us(&event);
             let value = event.encode_to_vec();
             let mut record = FutureRecord::to(&self.topic)
                 .key(&event.account_id)
@@ -423,6 +455,7 @@ impl Publisher {
             }
         }
         burst.enqueued = started.elapsed();
+        self.remember_occurred(&mut burst.events.clone());
         for (seq, delivery) in deliveries {
             let acked = match delivery {
                 Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
