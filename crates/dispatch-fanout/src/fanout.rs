@@ -205,6 +205,12 @@ const CALL_ATTEMPT_MAX: Duration = Duration::from_secs(5);
 const CALL_HANG_GRACE: Duration = Duration::from_secs(15);
 /// The transactional producer's `statistics.interval.ms` (its BrokerWatch).
 const PRODUCER_STATISTICS_INTERVAL_MS: &str = "1000";
+/// How long a batch collects after its first record before it may be committed because the
+/// consumer ran dry: without it, flat-out traffic became many tiny transactions whose broker
+/// cost grew the tail of healthy deliveries when other endpoints hung (docs/benchmarks.md,
+/// "Head-of-line"). Bounded by `fanout.batch_max_ms`.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+
 /// Longest an empty batch is waited for before the loop looks at the group's health again.
 const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// Pause before another new producer is tried, after one could not initialise transactions.
@@ -729,9 +735,15 @@ impl Fanout {
             .store(false, Ordering::SeqCst);
         while batch.len() < self.config.batch_max_records && !stop.load(Ordering::SeqCst) {
             let timeout = match deadline {
-                // A batch under way takes only what the consumer holds already (see below).
+                // A batch under way takes what the consumer holds already, and during its
+                // first BATCH_LINGER waits for more (see below).
                 Some(deadline) if Instant::now() >= deadline => break,
-                Some(_) => Duration::ZERO,
+                Some(deadline) => {
+                    let lingered_until = deadline - wait + BATCH_LINGER;
+                    lingered_until
+                        .min(deadline)
+                        .saturating_duration_since(Instant::now())
+                }
                 None if Instant::now() >= idle_until => break,
                 None => Duration::from_millis(100),
             };
@@ -750,10 +762,11 @@ impl Fanout {
                 }
                 Some(Err(error)) => warn!(%error, "consumer error"),
                 // Adaptive batching: a batch goes as soon as the consumer has nothing more at
-                // hand, instead of waiting out `batch_max_ms` that every event would pay. Light
-                // traffic is committed event by event; under heavy traffic records pile up
-                // while the previous transaction commits, so batches grow by themselves, up
-                // to `batch_max_records` or `batch_max_ms`.
+                // hand (once BATCH_LINGER has passed since its first record), instead of
+                // waiting out `batch_max_ms` that every event would pay. Light traffic is
+                // committed within a few milliseconds; under heavy traffic records pile up while
+                // the previous transaction commits, so batches grow by themselves, up to
+                // `batch_max_records` or `batch_max_ms`.
                 None => at_hand_taken = !batch.is_empty(),
             }
             if self
