@@ -54,8 +54,9 @@ pub struct FanoutConfig {
     /// Most input records in one transaction.
     pub batch_max_records: usize,
     /// Longest time a batch collects records before it is committed, in milliseconds. A batch
-    /// is committed earlier as soon as the consumer has no more records at hand, so light
-    /// traffic never waits for it: it bounds a batch under heavy traffic.
+    /// is committed earlier as soon as the consumer has no more records at hand (5 ms after its
+    /// first record at the soonest), so light traffic never waits for it: it bounds a batch
+    /// under heavy traffic.
     pub batch_max_ms: u64,
     /// `transaction.timeout.ms` of the producer.
     pub transaction_timeout_ms: u64,
