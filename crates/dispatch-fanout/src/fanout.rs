@@ -725,7 +725,9 @@ impl Fanout {
         stop: &AtomicBool,
     ) -> Result<Vec<BorrowedMessage<'a>>> {
         let mut batch = Vec::new();
-        let mut deadline: Option<Instant> = None;
+        // When the batch's first record came: it goes `wait` after it at the latest, and may go
+        // once the consumer runs dry BATCH_LINGER after it.
+        let mut first_at: Option<Instant> = None;
         // With nothing to read, return now and then: the caller's checks of the group's health
         // run between batches, and a consumer librdkafka left unable to fetch reads nothing,
         // ever (a broker-freeze run stayed in here for 4 minutes with its group lost).
@@ -735,24 +737,20 @@ impl Fanout {
             .rebalanced
             .store(false, Ordering::SeqCst);
         while batch.len() < self.config.batch_max_records && !stop.load(Ordering::SeqCst) {
-            let timeout = match deadline {
+            let now = Instant::now();
+            let timeout = match first_at {
+                Some(first) if now >= first + wait => break,
                 // A batch under way takes what the consumer holds already, and during its
                 // first BATCH_LINGER waits for more (see below).
-                Some(deadline) if Instant::now() >= deadline => break,
-                Some(deadline) => {
-                    let lingered_until = deadline - wait + BATCH_LINGER;
-                    lingered_until
-                        .min(deadline)
-                        .saturating_duration_since(Instant::now())
-                }
-                None if Instant::now() >= idle_until => break,
+                Some(first) => (first + BATCH_LINGER.min(wait)).saturating_duration_since(now),
+                None if now >= idle_until => break,
                 None => Duration::from_millis(100),
             };
-            let mut at_hand_taken = false;
+            let mut ran_dry = false;
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
                     metrics::counter!(names::FANOUT_EVENTS_CONSUMED_TOTAL, "topic" => self.topic_label(message.topic())).increment(1);
-                    deadline.get_or_insert_with(|| Instant::now() + wait);
+                    first_at.get_or_insert_with(Instant::now);
                     batch.push(message);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -768,7 +766,7 @@ impl Fanout {
                 // committed within a few milliseconds; under heavy traffic records pile up while
                 // the previous transaction commits, so batches grow by themselves, up to
                 // `batch_max_records` or `batch_max_ms`.
-                None => at_hand_taken = !batch.is_empty(),
+                None => ran_dry = !batch.is_empty(),
             }
             if self
                 .consumer
@@ -783,10 +781,10 @@ impl Fanout {
                     );
                 }
                 batch.clear();
-                deadline = None;
+                first_at = None;
             }
             // Looked at only now: a poll that found nothing may have run a rebalance first.
-            if at_hand_taken && !batch.is_empty() {
+            if ran_dry && !batch.is_empty() {
                 break;
             }
         }

@@ -15,7 +15,7 @@
 //! runs in its own task, finishes its source offset itself and reports back so the loop can
 //! release the endpoint's next delivery.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +77,7 @@ impl Engine {
         view: Arc<SubscriptionView>,
     ) -> Result<Self> {
         let names = &ctx.names;
-        let tier_topics = ctx
+        let tier_topics: BTreeSet<String> = ctx
             .schedule
             .tiers()
             .iter()
@@ -90,12 +90,7 @@ impl Engine {
             .map(|tier| names.retry_tier(tier.name()));
         let mut topics = vec![names.deliveries()];
         topics.extend(lanes.iter().map(|lane| names.lane(lane)));
-        topics.extend(
-            ctx.schedule
-                .tiers()
-                .iter()
-                .map(|t| names.retry_tier(t.name())),
-        );
+        topics.extend(tier_topics.iter().cloned());
         let partitions = Partitions::build(kafka, &config, topics, tier_topics)?;
         let outbox = Outbox::new(ctx.clone(), partitions.offset_handle());
         let (completions_tx, completions) = mpsc::unbounded_channel();
@@ -183,11 +178,10 @@ impl Engine {
     ) -> Result<Option<HashSet<PartitionKey>>> {
         match message {
             Ok(message) => {
-                // The poll that returned this record may have revoked and re-assigned its
-                // partition first: forget the old assignment before taking it.
-                self.forget_revoked();
-                let taken = self.partitions.take(&message);
+                let (revoked, taken) = self.partitions.take(&message);
                 drop(message);
+                // Before this record is queued: see `Partitions::take`.
+                self.scheduler.forget(&revoked);
                 match taken {
                     Taken::Due(pending) => self.accept(pending),
                     Taken::Invalid(invalid) => self.outbox.quarantine(invalid),
@@ -223,27 +217,23 @@ impl Engine {
         let subscription = self
             .view
             .read(|table| table.get(&pending.task.subscription_id).cloned());
-        let now = Instant::now();
-        let (state, facts) = match &subscription {
-            None => (SubscriptionState::Deleted, None),
+        let (state, circuit_open, backlog) = match &subscription {
+            None => (SubscriptionState::Deleted, false, Backlog::Room),
             Some(subscription) if !subscription.enabled => (
                 SubscriptionState::Disabled {
                     reason: &subscription.disabled_reason,
                 },
-                None,
+                false,
+                Backlog::Room,
             ),
-            Some(subscription) => (
-                SubscriptionState::Enabled,
-                Some(self.scheduler.facts(subscription, now)),
-            ),
+            Some(subscription) => {
+                let EndpointFacts {
+                    circuit_open,
+                    backlog,
+                } = self.scheduler.facts(subscription, Instant::now());
+                (SubscriptionState::Enabled, circuit_open, backlog)
+            }
         };
-        let EndpointFacts {
-            circuit_open,
-            backlog,
-        } = facts.unwrap_or(EndpointFacts {
-            circuit_open: false,
-            backlog: Backlog::Room,
-        });
         let admission = admission::admit(&AdmissionFacts {
             subscription: state,
             circuit_open,
@@ -259,25 +249,14 @@ impl Engine {
             (Admission::Defer { reason }, _, Some(tier_topic)) => {
                 self.outbox.defer(pending, tier_topic.clone(), reason)
             }
-            (
-                admission @ (Admission::Queue | Admission::QueuePastBacklog),
-                Some(subscription),
-                _,
-            ) => {
-                let past_backlog = admission == Admission::QueuePastBacklog;
+            // `admit` queues only for an enabled subscription and defers only when a tier
+            // exists; were either not so, the task is still kept (queued) or its history ended
+            // (skipped), never dropped.
+            (admission, Some(subscription), _) => {
+                let past_backlog = admission != Admission::Queue;
                 self.scheduler.enqueue(subscription, pending, past_backlog);
             }
-            // `admit` queues only for an enabled subscription, and defers only when a tier
-            // exists; deciding afresh keeps the task either way.
-            (Admission::Queue | Admission::QueuePastBacklog, None, _) => {
-                self.outbox.skip(pending, admission::SKIP_DELETED)
-            }
-            (Admission::Defer { .. }, Some(subscription), None) => {
-                self.scheduler.enqueue(subscription, pending, true)
-            }
-            (Admission::Defer { .. }, None, None) => {
-                self.outbox.skip(pending, admission::SKIP_DELETED)
-            }
+            (_, None, _) => self.outbox.skip(pending, admission::SKIP_DELETED),
         }
     }
 

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::time::SystemTime;
 
-use dispatch_core::delivery_plan::{self, AttemptPlan, Decision, Deferred, Next};
+use dispatch_core::delivery_plan::{self, AttemptPlan, Deferred, Next};
 use dispatch_kafka::outbox::OutboxRecord;
 use dispatch_kafka::quarantine::{self, QuarantineInfo};
 use dispatch_proto::dispatch::v1::{DeadLetter, DeliveryTask, Subscription};
@@ -43,25 +43,21 @@ pub(crate) fn delivery_span(task: &DeliveryTask) -> Span {
 /// place an attempt's consequences are written, for attempts made and not made
 /// ([`crate::not_sent`]).
 pub(crate) async fn write_attempt(ctx: &AttemptContext, plan: AttemptPlan) -> Next {
-    let AttemptPlan {
-        record,
-        decision,
-        next,
-    } = plan;
+    let AttemptPlan { record, next, .. } = plan;
     let attempts_topic = ctx.names.attempts();
     let key = record.subscription_id.clone();
     let attempt_sent = ctx
         .outbox
         .write(OutboxRecord::capped(&attempts_topic, &key, record));
-    match (&decision, &next) {
-        (_, Next::Delivered) => {
+    match &next {
+        Next::Delivered => {
             attempt_sent.await;
         }
-        (_, Next::AgainNow(_)) => {
+        Next::AgainNow(_) => {
             attempt_sent.await;
             metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => "immediate").increment(1);
         }
-        (_, Next::Park { tier, task }) => {
+        Next::Park { tier, task } => {
             let tier_topic = ctx.names.retry_tier(tier);
             let retry_sent =
                 ctx.outbox
@@ -69,12 +65,10 @@ pub(crate) async fn write_attempt(ctx: &AttemptContext, plan: AttemptPlan) -> Ne
             tokio::join!(attempt_sent, retry_sent);
             metrics::counter!(names::SENDER_RETRIES_TOTAL, "tier" => tier.clone()).increment(1);
         }
-        (_, Next::DeadLetter { letter, .. }) => {
+        Next::DeadLetter { letter, .. } => {
             let dead_sent = write_dead_letter(ctx, letter.clone());
             tokio::join!(attempt_sent, dead_sent);
-            if let Decision::Dead { reason, .. } = &decision {
-                warn!(%reason, "delivery dead-lettered");
-            }
+            warn!(reason = %letter.reason, "delivery dead-lettered");
         }
     }
     next
@@ -118,29 +112,36 @@ impl Outbox {
         Outbox { ctx, offsets }
     }
 
-    /// Spawns `work` for `pending`'s task (in the task's span) and finishes its offset after it:
-    /// the one way a task leaves the engine.
+    /// The one way a taken record leaves the engine: `work` runs off the loop in `span`, the
+    /// record's offset is finished once `work` is done — every write it made acknowledged — and
+    /// only then `then` gets what `work` returned.
+    fn spawn_then_finish<T, F, A>(&self, source: Source, span: Span, work: F, then: A)
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+        A: FnOnce(T) + Send + 'static,
+    {
+        let offsets = self.offsets.clone();
+        tokio::spawn(
+            async move {
+                let done = work.await;
+                offsets.finish(&source.topic, source.partition, source.offset);
+                then(done);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Spawns `work` for `pending`'s task (in the task's span) and finishes its offset after it.
     fn finish_after<W, F>(&self, pending: Pending, work: W)
     where
         W: FnOnce(AttemptContext, DeliveryTask) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
-        let Pending {
-            topic,
-            partition,
-            offset,
-            task,
-        } = pending;
+        let (source, task) = Source::of(pending);
         let span = delivery_span(&task);
         let written = work(self.ctx.clone(), task);
-        let offsets = self.offsets.clone();
-        tokio::spawn(
-            async move {
-                written.await;
-                offsets.finish(&topic, partition, offset);
-            }
-            .instrument(span),
-        );
+        self.spawn_then_finish(source, span, written, |()| {});
     }
 
     /// A task whose subscription was deleted: its history ends with a skipped record.
@@ -202,8 +203,12 @@ impl Outbox {
             "quarantining an invalid delivery record"
         );
         let ctx = self.ctx.clone();
-        let offsets = self.offsets.clone();
-        tokio::spawn(async move {
+        let source = Source {
+            topic: invalid.topic.clone(),
+            partition: invalid.partition,
+            offset: invalid.offset,
+        };
+        let written = async move {
             let headers = quarantine::headers(
                 &QuarantineInfo {
                     reason: "undecodable",
@@ -222,8 +227,8 @@ impl Outbox {
                     headers,
                 ))
                 .await;
-            offsets.finish(&invalid.topic, invalid.partition, invalid.offset);
-        });
+        };
+        self.spawn_then_finish(source, Span::none(), written, |()| {});
     }
 
     /// Runs `start`'s attempts in their own task (or, if the subscription was deleted while the
@@ -245,33 +250,52 @@ impl Outbox {
         let key = pending.key();
         offsets.attempt_started(&key);
         let span = delivery_span(&pending.task);
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                let Pending {
-                    topic,
-                    partition,
-                    offset,
-                    task,
-                } = pending;
-                let end = match subscription {
-                    Some(subscription) => Some(attempt::deliver(&ctx, task, &subscription).await),
-                    None => {
-                        // Deleted while it waited in the queue: the history says so.
-                        let reason = dispatch_core::admission::SKIP_DELETED;
-                        metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => reason)
-                            .increment(1);
-                        write_skipped(&ctx, &task, reason).await;
-                        None
-                    }
-                };
-                // Store the offset before the attempt stops counting as running: a revoke
-                // waiting for running attempts then commits it.
-                offsets.finish(&topic, partition, offset);
-                offsets.attempt_ended(&key);
-                let _ = completions.send(Completion { place, end });
+        let (source, task) = Source::of(pending);
+        let delivered = async move {
+            match subscription {
+                Some(subscription) => Some(attempt::deliver(&ctx, task, &subscription).await),
+                None => {
+                    // Deleted while it waited in the queue: the history says so.
+                    let reason = dispatch_core::admission::SKIP_DELETED;
+                    metrics::counter!(names::SENDER_SKIPPED_TOTAL, "reason" => reason).increment(1);
+                    write_skipped(&ctx, &task, reason).await;
+                    None
+                }
             }
-            .instrument(span),
-        );
+        };
+        // The offset is stored before the attempt stops counting as running (a revoke waiting
+        // for running attempts then commits it) and before its permit is returned (the
+        // shutdown drain commits once every permit is back).
+        self.spawn_then_finish(source, span, delivered, move |end| {
+            offsets.attempt_ended(&key);
+            let _ = completions.send(Completion { place, end });
+            drop(permit);
+        });
+    }
+}
+
+/// Where a taken record came from: the offset its work finishes.
+struct Source {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+impl Source {
+    fn of(pending: Pending) -> (Source, DeliveryTask) {
+        let Pending {
+            topic,
+            partition,
+            offset,
+            task,
+        } = pending;
+        (
+            Source {
+                topic,
+                partition,
+                offset,
+            },
+            task,
+        )
     }
 }

@@ -446,9 +446,8 @@ impl Partitions {
     }
 
     /// Partitions revoked since last asked, with what this keeps for them (holds, pauses)
-    /// forgotten; the caller drops their queued tasks. Call before [`Self::take`]: the poll that
-    /// returned a record may have revoked and re-assigned its partition first, and the old
-    /// assignment's hold must go before the new one is made.
+    /// forgotten; the caller drops their queued tasks. [`Self::take`] does the same for the
+    /// revokes of the poll that returned its record.
     pub(crate) fn take_revoked(&mut self) -> HashSet<PartitionKey> {
         let revoked = std::mem::take(&mut lock(&self.shared).revoked);
         self.forget(revoked)
@@ -467,25 +466,32 @@ impl Partitions {
 
     /// Registers a fetched record as taken and says what it is (see [`Taken`]). A tier record
     /// not due yet is held here until [`Self::release_due`] hands it over.
-    pub(crate) fn take(&mut self, message: &BorrowedMessage<'_>) -> Taken {
-        let topic = message.topic();
+    ///
+    /// Also returns the partitions revoked since last asked (see [`Self::take_revoked`]), under
+    /// the same lock: the poll that returned this record may have revoked and re-assigned its
+    /// partition first, and the old assignment's hold and queued tasks must go before this
+    /// record is held or queued — or the purge after this turn would drop it with them.
+    pub(crate) fn take(&mut self, message: &BorrowedMessage<'_>) -> (HashSet<PartitionKey>, Taken) {
+        let topic = message.topic().to_owned();
         let partition = message.partition();
         let offset = message.offset();
+        let shared = Arc::clone(&self.shared);
+        let mut shared = lock(&shared);
+        let revoked = self.forget(std::mem::take(&mut shared.revoked));
+        // A paused partition may still hand over records fetched before the pause; they are
+        // read again after the held record is released.
+        if !self.held.is_empty()
+            && let Some(held) = self.held.get(&(topic.clone(), partition))
+            && offset > held.pending.offset
         {
-            // A paused partition may still hand over records fetched before the pause; they
-            // are read again after the held record is released.
-            if let Some(held) = self.held.get(&(topic.to_owned(), partition))
-                && offset > held.pending.offset
-            {
-                return Taken::Nothing;
-            }
-            let mut shared = lock(&self.shared);
-            shared.offsets.assign(topic, partition);
-            if let Err(error) = shared.offsets.take(topic, partition, offset) {
-                debug!(%error, topic, partition, offset, "record not taken");
-                return Taken::Nothing;
-            }
+            return (revoked, Taken::Nothing);
         }
+        shared.offsets.assign(&topic, partition);
+        if let Err(error) = shared.offsets.take(&topic, partition, offset) {
+            debug!(%error, topic, partition, offset, "record not taken");
+            return (revoked, Taken::Nothing);
+        }
+        drop(shared);
         let task = match message.payload().map(DeliveryTask::decode) {
             Some(Ok(task)) => task,
             other => {
@@ -493,23 +499,25 @@ impl Partitions {
                     Some(Err(e)) => format!("not a posternity.dispatch.v1.DeliveryTask: {e}"),
                     _ => "the record has no value".to_owned(),
                 };
-                return Taken::Invalid(Invalid {
-                    topic: topic.to_owned(),
+                let invalid = Invalid {
+                    topic,
                     partition,
                     offset,
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec),
                     error,
-                });
+                };
+                return (revoked, Taken::Invalid(invalid));
             }
         };
+        let tier_record = self.tier_topics.contains(&topic);
         let pending = Pending {
-            topic: topic.to_owned(),
+            topic,
             partition,
             offset,
             task,
         };
-        if self.tier_topics.contains(topic)
+        if tier_record
             && let Some(due) = pending
                 .task
                 .not_before
@@ -518,9 +526,9 @@ impl Partitions {
             && due > SystemTime::now()
         {
             self.hold(pending, due);
-            return Taken::Nothing;
+            return (revoked, Taken::Nothing);
         }
-        Taken::Due(pending)
+        (revoked, Taken::Due(pending))
     }
 
     /// Holds the head of a tier partition until it is due.

@@ -604,6 +604,19 @@ mod tests {
         }
     }
 
+    /// The attempt of `start` ended with `end` at `now`: its permit is returned and the
+    /// scheduler told.
+    fn finish(scheduler: &mut Scheduler, start: Start, end: DeliveryEnd, now: Instant) {
+        drop(start.permit);
+        scheduler.completed(
+            Completion {
+                place: start.place,
+                end: Some(end),
+            },
+            now,
+        );
+    }
+
     fn accounts_of(starts: &[Start]) -> Vec<String> {
         starts
             .iter()
@@ -629,14 +642,7 @@ mod tests {
         );
         // A completion frees a permit for the other account's next turn.
         let first = starts.remove(0);
-        drop(first.permit);
-        scheduler.completed(
-            Completion {
-                place: first.place,
-                end: Some(DeliveryEnd::Delivered),
-            },
-            now,
-        );
+        finish(&mut scheduler, first, DeliveryEnd::Delivered, now);
         assert_eq!(
             scheduler.next_attempts(now).len(),
             1,
@@ -664,14 +670,7 @@ mod tests {
             "still at its share"
         );
         let done = starts.pop().expect("a start");
-        drop(done.permit);
-        scheduler.completed(
-            Completion {
-                place: done.place,
-                end: Some(DeliveryEnd::Delivered),
-            },
-            now,
-        );
+        finish(&mut scheduler, done, DeliveryEnd::Delivered, now);
         assert_eq!(
             scheduler.next_attempts(now).len(),
             1,
@@ -683,13 +682,15 @@ mod tests {
     async fn an_endpoint_held_back_by_its_rate_limit_wakes_by_timer_not_by_polling() {
         let now = Instant::now();
         let mut scheduler = Scheduler::new(config(16, 100));
-        let limited = subscription("sub_rate", "acc_r", 1);
+        // 4 per second: the next slot is 250 ms away, well before the once-a-second sweep
+        // (which would look at every waiting endpoint anyway).
+        let limited = subscription("sub_rate", "acc_r", 4);
         queue(&mut scheduler, &limited, 3, now);
         let first = scheduler.next_attempts(now);
-        assert_eq!(first.len(), 1, "one request per second");
+        assert_eq!(first.len(), 1, "one request per slot");
         let wake = scheduler.next_wakeup().expect("a timer for the next slot");
         assert!(
-            wake > now && wake <= now + Duration::from_secs(1),
+            wake > now && wake <= now + Duration::from_millis(250),
             "{:?}",
             wake - now
         );
@@ -697,7 +698,7 @@ mod tests {
             scheduler.next_attempts(now).is_empty(),
             "not before its slot"
         );
-        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_millis(250)).await;
         assert_eq!(
             scheduler.next_attempts(Instant::now()).len(),
             1,
@@ -712,14 +713,8 @@ mod tests {
         let old = subscription("sub_old", "acc_o", 0);
         queue(&mut scheduler, &old, 1, now);
         let start = scheduler.next_attempts(now).pop().expect("a start");
-        drop(start.permit);
-        scheduler.completed(
-            Completion {
-                place: start.place,
-                end: Some(DeliveryEnd::Delivered),
-            },
-            now,
-        );
+        let old_place = start.place;
+        finish(&mut scheduler, start, DeliveryEnd::Delivered, now);
         tokio::time::advance(SWEEP_INTERVAL * 2).await;
         assert!(scheduler.next_attempts(Instant::now()).is_empty());
         assert!(scheduler.index.is_empty(), "the idle queue was dropped");
@@ -729,7 +724,7 @@ mod tests {
         // A completion of the old endpoint's generation does not touch the new one.
         let opened = scheduler.completed(
             Completion {
-                place: start.place,
+                place: old_place,
                 end: Some(DeliveryEnd::Failed),
             },
             Instant::now(),
